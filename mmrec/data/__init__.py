@@ -1,0 +1,1 @@
+"""Datasets: canonical tables, readers, splits, content and training batches."""

@@ -1,0 +1,117 @@
+"""From a config to everything training needs: tables, content fields, split, content providers.
+
+The canonical tables of a source are cached under `data.cache_dir`, keyed by the reader options
+and the source files' sizes and modification times, so large sources (MovieLens-25M) are parsed
+once. Items none of whose content fields is present are dropped, counted and reported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmrec.data.content import CONTENT_BUILDERS, TextContent, collate_items, register_content
+from mmrec.data.fields import render_texts
+from mmrec.data.readers import read_dataset
+from mmrec.data.split import Split, make_split
+from mmrec.data.tables import DataError, MultiModalDataset
+
+READER_KEYS = ("source", "path", "synopsis_file", "trailer_dir", "on_bad_row")
+
+
+def _source_files(data_cfg: dict) -> list[Path]:
+    if data_cfg["source"] == "ml100k":
+        from mmrec import assets
+        root = Path(data_cfg.get("path") or assets.ml100k_dir())
+    elif data_cfg.get("path"):
+        root = Path(data_cfg["path"])
+    else:
+        return []
+    files = sorted(p for p in root.glob("*") if p.is_file()) if root.is_dir() else []
+    syn = data_cfg.get("synopsis_file")
+    if syn and Path(syn).is_file():
+        files.append(Path(syn))
+    return files
+
+
+def source_key(data_cfg: dict) -> str:
+    h = hashlib.sha256(json.dumps({k: data_cfg.get(k) for k in READER_KEYS}, sort_keys=True).encode())
+    for p in _source_files(data_cfg):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_source(data_cfg: dict, use_cache: bool = True) -> MultiModalDataset:
+    """The source as canonical tables, read once and cached."""
+    if data_cfg["source"] == "processed":
+        return read_dataset(data_cfg)
+    cache = Path(data_cfg["cache_dir"]) / "datasets" / f"{data_cfg['source']}-{source_key(data_cfg)}"
+    if use_cache and (cache / "report.json").exists():
+        return MultiModalDataset.load(cache)
+    ds = read_dataset(data_cfg)
+    if use_cache:
+        ds.save(cache)
+    return ds
+
+
+@register_content("text")
+def build_text_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict) -> TextContent:
+    from encoders.text import tokenizer_path
+    from preprocessing.text import cached_tokenize
+    texts, present = render_texts(ds.items, name, spec["template"])
+    enc = cfg["encoders"].get(spec["encoder"])
+    if enc is None:
+        raise DataError(f"fields.{name}.encoder: no encoder named '{spec['encoder']}'")
+    tokens = cached_tokenize(texts, tokenizer_path(enc), spec["max_length"], cfg["data"]["cache_dir"])
+    return TextContent(name, tokens, np.asarray(present))
+
+
+@dataclass
+class PreparedData:
+    dataset: MultiModalDataset
+    split: Split
+    content: dict                  # field name -> provider indexed by dataset row
+    item_rows: np.ndarray          # split item index -> dataset row
+    report: dict = field(default_factory=dict)
+
+    def collate(self, items: np.ndarray, mode: str = "eval", seeds: np.ndarray | None = None) -> dict:
+        return collate_items(self.content, self.item_rows[np.asarray(items, dtype=np.int64)], mode, seeds)
+
+    def field_present(self, name: str) -> np.ndarray:
+        return self.content[name].present[self.item_rows]
+
+
+def build_content(cfg: dict, ds: MultiModalDataset) -> dict:
+    content = {}
+    for name, spec in cfg["fields"].items():
+        builder = CONTENT_BUILDERS.get(spec["modality"])
+        if builder is None:
+            raise DataError(f"fields.{name}: no content builder for modality '{spec['modality']}'")
+        content[name] = builder(name, spec, ds, cfg)
+    return content
+
+
+def prepare(cfg: dict, split: Split | None = None, accelerator=None) -> PreparedData:
+    """Everything a run needs. With an accelerator, the main process builds caches first."""
+    first = accelerator.main_process_first() if accelerator is not None else nullcontext()
+    with first:
+        ds = load_source(cfg["data"])
+        content = build_content(cfg, ds)
+    present = np.stack([c.present for c in content.values()], axis=1)
+    keep = present.any(axis=1)
+    report = {"dataset": ds.summary_lines(),
+              "fields_present": {n: int(c.present.sum()) for n, c in content.items()},
+              "items_without_content": [str(x) for x in ds.items["item_id"][~keep][:20]]}
+    if split is None:
+        split = make_split(ds, cfg["data"], cfg["split"], keep)
+    rows = np.flatnonzero(keep)
+    if len(rows) != split.n_items or not np.array_equal(ds.items["item_id"].to_numpy()[rows].astype(str),
+                                                       split.item_ids.astype(str)):
+        raise DataError("the saved split does not match the dataset's items; was the data changed?")
+    report["split"] = split.stats
+    return PreparedData(ds, split, content, rows, report)

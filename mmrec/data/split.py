@@ -1,0 +1,176 @@
+"""Implicit feedback and the cold-item split (KDD'24 Sec. 6.1).
+
+Ratings >= threshold are positives; users with fewer than `min_user_ratings` ratings are dropped;
+the items (not the ratings) are split into train / cold validation / cold test, so no val or test
+item is ever seen in training. Users and items get contiguous indices here, and the split is
+saved with the run so evaluation and export see the same indices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmrec.data.tables import DataError, MultiModalDataset
+
+PARTS = ("train", "val", "test")
+
+
+@dataclass
+class CSR:
+    """Rows of sorted column indices (per-user item lists) without a dense matrix."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @classmethod
+    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int) -> "CSR":
+        order = np.lexsort((cols, rows))
+        rows, cols = rows[order], cols[order]
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.add.at(indptr, rows + 1, 1)
+        return cls(np.cumsum(indptr), cols.astype(np.int64))
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def row(self, i: int) -> np.ndarray:
+        return self.indices[self.indptr[i]:self.indptr[i + 1]]
+
+    def row_lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.repeat(np.arange(self.n_rows), self.row_lengths())
+        return rows, self.indices
+
+    def take_rows(self, rows: np.ndarray) -> "CSR":
+        lengths = self.row_lengths()[rows]
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        idx = np.concatenate([self.row(r) for r in rows]) if len(rows) else np.zeros(0, np.int64)
+        return CSR(indptr, idx.astype(np.int64))
+
+
+@dataclass
+class Split:
+    user_ids: np.ndarray          # index -> original user id (str)
+    item_ids: np.ndarray          # index -> original item id (str)
+    item_part: np.ndarray         # index -> 0 train, 1 val, 2 test
+    positives: dict[str, CSR]     # part -> users x items positives among that part's items
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def items_of(self, part: str) -> np.ndarray:
+        return np.flatnonzero(self.item_part == PARTS.index(part))
+
+    def eval_users(self, part: str) -> np.ndarray:
+        """Users with at least one positive among the part's items: the ones evaluated."""
+        return np.flatnonzero(self.positives[part].row_lengths() > 0)
+
+    def train_pairs(self) -> np.ndarray:
+        u, i = self.positives["train"].pairs()
+        return np.stack([u, i], axis=1).astype(np.int64)
+
+    def save(self, path: str | Path) -> None:
+        arrays = {"user_ids": self.user_ids.astype(str), "item_ids": self.item_ids.astype(str),
+                  "item_part": self.item_part}
+        for p, csr in self.positives.items():
+            arrays[f"{p}_indptr"], arrays[f"{p}_indices"] = csr.indptr, csr.indices
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Split":
+        z = np.load(path, allow_pickle=False)
+        pos = {p: CSR(z[f"{p}_indptr"], z[f"{p}_indices"]) for p in PARTS if f"{p}_indptr" in z}
+        return cls(z["user_ids"], z["item_ids"], z["item_part"], pos)
+
+
+def _sorted_ids(ids: np.ndarray) -> np.ndarray:
+    """Numeric ids in numeric order, others lexicographically, so indices are stable and readable."""
+    uniq = pd.unique(ids)
+    try:
+        return uniq[np.argsort(uniq.astype(np.int64), kind="stable")].astype(str)
+    except ValueError:
+        return np.sort(uniq.astype(str))
+
+
+def part_sizes(n: int, ratios: list[float]) -> tuple[int, int, int]:
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise DataError(f"split.ratios must be three non-negative numbers, got {ratios}")
+    total = float(sum(ratios))
+    n_val = int(round(n * ratios[1] / total))
+    n_test = int(round(n * ratios[2] / total))
+    return n - n_val - n_test, n_val, n_test
+
+
+def make_split(ds: MultiModalDataset, data_cfg: dict, split_cfg: dict,
+               keep_items: np.ndarray | None = None) -> Split:
+    """Build the cold-item split.
+
+    `keep_items` (bool per row of ds.items) drops items without usable content; their ratings are
+    dropped too and counted in `stats`.
+    """
+    items = ds.items
+    inter = ds.interactions
+    stats: dict = {"items_in": len(items), "interactions_in": len(inter)}
+    if keep_items is not None:
+        dropped = items["item_id"][~keep_items]
+        stats["items_dropped_no_content"] = int((~keep_items).sum())
+        items = items[keep_items]
+        gone = inter["item_id"].isin(dropped)
+        stats["interactions_dropped_no_content"] = int(gone.sum())
+        inter = inter[~gone]
+    counts = inter.groupby("user_id").size()
+    keep_users = counts.index[counts >= int(data_cfg["min_user_ratings"])]
+    stats["users_in"] = int(len(counts))
+    stats["users_dropped_few_ratings"] = int(len(counts) - len(keep_users))
+    low = ~inter["user_id"].isin(keep_users)
+    stats["interactions_dropped_few_ratings"] = int(low.sum())
+    inter = inter[~low]
+    if len(inter) == 0:
+        raise DataError(f"no user has >= data.min_user_ratings={data_cfg['min_user_ratings']} ratings")
+
+    user_ids = _sorted_ids(inter["user_id"].to_numpy())
+    item_ids = items["item_id"].astype(str).to_numpy()
+    n_items = len(item_ids)
+    n_train, n_val, n_test = part_sizes(n_items, list(split_cfg["ratios"]))
+    method = split_cfg["method"]
+    if method == "random":
+        order = np.random.default_rng(int(split_cfg["seed"])).permutation(n_items)
+    elif method == "time":
+        # Items enter the catalogue at their first rating; the newest are the cold ones.
+        first = inter.groupby("item_id")["timestamp"].min()
+        t = pd.Series(item_ids).map(first).to_numpy(dtype=np.float64, na_value=np.inf)
+        order = np.argsort(t, kind="stable")
+    else:
+        raise DataError(f"split.method: unknown method '{method}' (random | time)")
+    item_part = np.zeros(n_items, dtype=np.int8)
+    item_part[order[n_train:n_train + n_val]] = 1
+    item_part[order[n_train + n_val:]] = 2
+
+    pos = inter[inter["rating"] >= float(data_cfg["positive_threshold"])]
+    u = pd.Index(user_ids).get_indexer(pos["user_id"].astype(str))
+    i = pd.Index(item_ids).get_indexer(pos["item_id"].astype(str))
+    assert (u >= 0).all() and (i >= 0).all()
+    positives = {}
+    for k, part in enumerate(PARTS):
+        m = item_part[i] == k
+        positives[part] = CSR.from_pairs(u[m], i[m], len(user_ids))
+    stats.update({
+        "users": len(user_ids), "items": n_items, "interactions": len(inter),
+        "positives": int(len(pos)),
+        **{f"{p}_items": int((item_part == k).sum()) for k, p in enumerate(PARTS)},
+        **{f"{p}_positives": int(len(positives[p].indices)) for p in PARTS},
+        **{f"{p}_eval_users": int((positives[p].row_lengths() > 0).sum()) for p in PARTS},
+    })
+    return Split(user_ids, item_ids, item_part, positives, stats)

@@ -1,0 +1,55 @@
+"""Cross-rank gathers for in-batch contrastive losses (the open_clip `gather_with_grad` pattern).
+
+`accelerator.gather` carries no gradient, so the negatives other ranks contribute would be
+constants. `torch.distributed.nn.all_gather` does carry it, but is deprecated and emulates
+reduce-scatter with all-to-all on gloo; this is the few lines that work on every backend:
+forward all_gather, backward all_reduce(SUM) of the incoming gradient and keep this rank's slice.
+Summing is right because every rank's loss depends on every rank's embeddings; the optimizer's
+data-parallel averaging then gives exactly the gradient of the global-batch mean loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    if not is_distributed():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        world = dist.get_world_size()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        ctx.rank, ctx.size = dist.get_rank(), x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from all ranks along dim 0 (rank order), differentiably. Equal sizes needed."""
+    if not is_distributed():
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def gather_nograd(x: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,1 @@
+"""Full-ranking evaluation of cold items, its baselines, and the per-user metrics."""

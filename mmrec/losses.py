@@ -1,0 +1,126 @@
+"""Training objectives of KDD'24 Sec. 5.3, over the global (all-rank) batch.
+
+Each rank scores its local pairs against the gathered batch of every rank (local-vs-global
+logits, labels offset by rank), as open_clip's ClipLoss does; see `mmrec.distributed`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmrec.distributed import gather_nograd, gather_with_grad, rank_and_world
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Softmax statistics in fp32 under bf16/fp16 autocast; float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class PositiveLookup(nn.Module):
+    """Membership test for known (user, item) positives, as sorted int64 keys user * n_items + item."""
+
+    def __init__(self, pairs: np.ndarray | None, n_items: int):
+        super().__init__()
+        self.n_items = int(n_items)
+        keys = np.zeros(0, np.int64) if pairs is None else np.unique(pairs[:, 0].astype(np.int64) * self.n_items + pairs[:, 1])
+        self.register_buffer("keys", torch.from_numpy(keys), persistent=False)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[len(users), len(items)] bool: does users[a] like items[b]?"""
+        q = users.long().unsqueeze(1) * self.n_items + items.long().unsqueeze(0)
+        return torch.isin(q, self.keys)
+
+
+class RatingRankingLoss(nn.Module):
+    """Eq. 1: for each (user i, item j) pair, softmax over the batch's items for the user plus
+    softmax over the batch's users for the item.
+
+    Options: a temperature; masking in-batch duplicates of the positive (same item or same user,
+    whose logits would otherwise count as negatives); false-negative filtering, which also drops
+    in-batch items the user is known to like (and users known to like the item).
+    """
+
+    def __init__(self, temperature: float = 1.0, mask_duplicates: bool = True,
+                 false_negative_filter: bool = False, positives: PositiveLookup | None = None):
+        super().__init__()
+        self.temperature = float(temperature)
+        self.mask_duplicates = bool(mask_duplicates)
+        self.false_negative_filter = bool(false_negative_filter)
+        if self.false_negative_filter and positives is None:
+            raise ValueError("false_negative_filter needs the known positives")
+        self.positives = positives
+
+    def masks(self, u_local, i_local, u_all, i_all, offset):
+        """Bool masks of logits to drop: rows [B, N] (user -> items), cols [B, N] (item -> users)."""
+        B, N = len(u_local), len(u_all)
+        row = torch.zeros(B, N, dtype=torch.bool, device=u_local.device)
+        col = torch.zeros_like(row)
+        if self.mask_duplicates:
+            dup = (u_local[:, None] == u_all[None, :]) | (i_local[:, None] == i_all[None, :])
+            row |= dup
+            col |= dup
+        if self.false_negative_filter:
+            row |= self.positives(u_local, i_all)          # user i likes in-batch item j'
+            col |= self.positives(u_all, i_local).T        # in-batch user i' likes item j
+        diag = torch.arange(B, device=row.device)
+        row[diag, diag + offset] = False
+        col[diag, diag + offset] = False
+        return row, col
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, user_idx: torch.Tensor,
+                item_idx: torch.Tensor) -> torch.Tensor:
+        rank, _ = rank_and_world()
+        B = users.shape[0]
+        users_all, items_all = gather_with_grad(users), gather_with_grad(items)
+        offset = rank * B
+        labels = torch.arange(B, device=users.device) + offset
+        row_logits = users @ items_all.T / self.temperature      # [B, N]: user -> all items
+        col_logits = items @ users_all.T / self.temperature      # [B, N]: item -> all users
+        if self.mask_duplicates or self.false_negative_filter:
+            u_all, i_all = gather_nograd(user_idx), gather_nograd(item_idx)
+            row_mask, col_mask = self.masks(user_idx, item_idx, u_all, i_all, offset)
+            row_logits = row_logits.masked_fill(row_mask, float("-inf"))
+            col_logits = col_logits.masked_fill(col_mask, float("-inf"))
+        loss = F.cross_entropy(_at_least_fp32(row_logits), labels, reduction="none") + \
+            F.cross_entropy(_at_least_fp32(col_logits), labels, reduction="none")
+        return loss.mean()
+
+
+class AlignmentLoss(nn.Module):
+    """Eq. 2: contrast the per-field embeddings z_j^(c) of the batch's items; fields of the same
+    item are positives. For item j: -log( sum_{c<c'} e^{z_j^c . z_j^c'} / Z_j ),
+    Z_j = sum_{j' in B} sum_{c, c'} e^{z_j^c . z_j'^c'}.
+
+    Missing fields (present=False) take no part; other in-batch copies of item j are dropped from
+    Z_j (they would be exact duplicates of the positives).
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        self.temperature = float(temperature)
+
+    def forward(self, z: torch.Tensor, present: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """z: [B, C, d]; present: [B, C] bool; item_idx: [B]. Items with < 2 fields are skipped."""
+        rank, _ = rank_and_world()
+        B, C, _ = z.shape
+        z_all = gather_with_grad(z)
+        p_all = gather_nograd(present)
+        i_all = gather_nograd(item_idx)
+        N = z_all.shape[0]
+        # logits[b, c, j', c'] = z_b^c . z_j'^c'
+        logits = torch.einsum("bcd,jed->bcje", _at_least_fp32(z), _at_least_fp32(z_all)) / self.temperature
+        valid = present[:, :, None, None] & p_all[None, None, :, :]
+        same = torch.arange(N, device=z.device)[None, :] == (torch.arange(B, device=z.device) + rank * B)[:, None]
+        dup = (item_idx[:, None] == i_all[None, :]) & ~same
+        valid = valid & ~dup[:, None, :, None]
+        denom = torch.logsumexp(logits.masked_fill(~valid, float("-inf")).flatten(1), dim=1)
+        own = logits[torch.arange(B), :, torch.arange(B) + rank * B, :]        # [B, C, C]
+        upper = torch.triu(torch.ones(C, C, dtype=torch.bool, device=z.device), diagonal=1)
+        pos_valid = upper[None] & present[:, :, None] & present[:, None, :]
+        numer = torch.logsumexp(own.masked_fill(~pos_valid, float("-inf")).flatten(1), dim=1)
+        has_pair = pos_valid.flatten(1).any(1)
+        if not has_pair.any():
+            return z.sum() * 0.0
+        return (denom - numer)[has_pair].mean()

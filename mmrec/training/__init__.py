@@ -1,0 +1,1 @@
+"""Training: the Accelerate loop, LR schedule, checkpoints and run directories."""

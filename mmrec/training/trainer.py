@@ -1,0 +1,315 @@
+"""The training program: one Accelerate loop for every head, on one or many processes.
+
+A run directory holds the resolved config.yaml, split.npz, data_report.json, metrics.json,
+history.jsonl, train.log, logs/ (TensorBoard), checkpoints/ (resumable state) and model/ (the
+best epoch's weights, chosen on cold-validation `eval.select_metric`).
+
+Determinism: the data order and per-sample randomness come from (seed, epoch) (see
+`mmrec.data.batches`), and the global RNG is re-seeded from (seed, epoch, batch, rank) before
+every step, so dropout does not depend on history. A resumed run therefore repeats exactly
+what the uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmrec.config import ConfigError, dump_config, load_config
+from mmrec.data.batches import EpochSampler
+from mmrec.data.pipeline import prepare
+from mmrec.data.split import Split
+from mmrec.evaluation.baselines import evaluate_baselines
+from mmrec.evaluation.ranking import evaluate_model_part
+from mmrec.models import build_model
+from mmrec.training.checkpoint import latest_checkpoint, replace_dir, save_checkpoint
+from mmrec.training.schedule import make_scheduler
+
+log = logging.getLogger("mmrec")
+
+
+def make_accelerator():
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+    handlers = []
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or \
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if launched and not torch.cuda.is_available():
+        # CPU processes talk over gloo; DeepSpeed under Accelerate on CPU also needs it (DESIGN §3).
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(kwargs_handlers=handlers)
+
+
+def _broadcast(accelerator, obj):
+    from accelerate.utils import broadcast_object_list
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def resolve_run_dir(cfg: dict) -> Path:
+    """runs/<name> (or `run_dir`); an existing finished or started run is never overwritten."""
+    base = Path(cfg["run_dir"] or Path("runs") / cfg["name"])
+    if not (base / "config.yaml").exists():
+        return base
+    n = 2
+    while (base.parent / f"{base.name}-{n}" / "config.yaml").exists():
+        n += 1
+    return base.parent / f"{base.name}-{n}"
+
+
+def setup_logging(run_dir: Path, main: bool) -> None:
+    log.setLevel(logging.INFO if main else logging.WARNING)
+    log.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler()
+    stream.setFormatter(fmt)
+    log.addHandler(stream)
+    if main:
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    log.propagate = False
+
+
+def param_groups(model: torch.nn.Module, train_cfg: dict) -> list[dict]:
+    """Parameter groups with per-module LR multipliers (`train.lr_scale`, longest prefix wins)."""
+    scales = {str(k): float(v) for k, v in (train_cfg["lr_scale"] or {}).items()}
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    for prefix in scales:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            raise ConfigError(f"train.lr_scale: '{prefix}' matches no trainable parameter "
+                              f"(e.g. {', '.join(sorted({n.rsplit('.', 2)[0] for n in names})[:6])})")
+    groups: dict[float, list] = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        best = max((k for k in scales if n == k or n.startswith(k + ".")), key=len, default=None)
+        groups.setdefault(scales[best] if best else 1.0, []).append(p)
+    lr = float(train_cfg["lr"])
+    return [{"params": ps, "lr": lr * s} for s, ps in groups.items()]
+
+
+def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _fmt(metrics: dict, keys=("ndcg@10", "recall@10", "precision@10")) -> str:
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+class Trainer:
+    def __init__(self, cfg: dict, resume_dir: str | Path | None = None):
+        self.accelerator = acc = make_accelerator()
+        self.resume = resume_dir is not None
+        if self.resume:
+            run_dir = Path(resume_dir)
+            if not (run_dir / "config.yaml").exists():
+                raise ConfigError(f"--resume {run_dir}: no config.yaml there; not a run directory")
+        else:
+            run_dir = Path(_broadcast(acc, str(resolve_run_dir(cfg)) if acc.is_main_process else None))
+        self.run_dir = run_dir
+        self.cfg = cfg
+        if acc.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                dump_config(cfg, run_dir / "config.yaml")
+        acc.wait_for_everyone()
+        setup_logging(run_dir, acc.is_main_process)
+        # The run directory is only known now (decided on the main process), so TensorBoard is
+        # attached here rather than in the Accelerator's constructor.
+        from accelerate.tracking import filter_trackers
+        acc.project_configuration.set_directories(str(run_dir))
+        acc.project_configuration.logging_dir = str(run_dir / "logs")
+        acc.log_with = filter_trackers(["tensorboard"], acc.logging_dir)
+
+        from accelerate.utils import set_seed
+        set_seed(int(cfg["seed"]))
+        split = Split.load(run_dir / "split.npz") if self.resume else None
+        self.prepared = prepare(cfg, split, acc)
+        if acc.is_main_process and not self.resume:
+            self.prepared.split.save(run_dir / "split.npz")
+            (run_dir / "data_report.json").write_text(json.dumps(self.prepared.report, indent=1))
+        for line in self.prepared.report["dataset"]:
+            log.info(line)
+        st = self.prepared.split.stats
+        log.info("split: %d users; items train/val/test %d/%d/%d; evaluated users val %d, test %d",
+                 st["users"], st["train_items"], st["val_items"], st["test_items"],
+                 st["val_eval_users"], st["test_eval_users"])
+
+        tc = cfg["train"]
+        self.model = build_model(cfg, self.prepared)
+        dataset, collate = self.model.train_data(self.prepared)
+        if len(dataset) < tc["batch_size"] * acc.num_processes:
+            raise ConfigError(f"train.batch_size={tc['batch_size']} x {acc.num_processes} processes "
+                              f"exceeds the {len(dataset)} training pairs")
+        self.sampler = EpochSampler(len(dataset), int(cfg["seed"]))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=int(tc["batch_size"]), sampler=self.sampler, collate_fn=collate,
+            drop_last=True, num_workers=int(tc["num_workers"]),
+            persistent_workers=int(tc["num_workers"]) > 0,
+            generator=torch.Generator().manual_seed(int(cfg["seed"])))
+        raw_optimizer = torch.optim.Adam(param_groups(self.model, tc), lr=float(tc["lr"]),
+                                         betas=(0.9, 0.999), eps=1e-8,
+                                         weight_decay=float(tc["weight_decay"]))
+        self.model, self.optimizer, self.loader = acc.prepare(self.model, raw_optimizer, loader)
+        batches = len(self.loader)
+        if tc["max_steps_per_epoch"]:
+            batches = min(batches, int(tc["max_steps_per_epoch"]))
+        self.batches_per_epoch = batches
+        self.steps_per_epoch = max(1, batches // acc.gradient_accumulation_steps)
+        self.scheduler = make_scheduler(raw_optimizer, self.steps_per_epoch, tc)
+        acc.register_for_checkpointing(self.scheduler)
+        self.state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_epoch": None,
+                      "val": None, "test": None, "history": []}
+        if self.resume:
+            ckpt = latest_checkpoint(run_dir)
+            if ckpt is None:
+                log.warning("no checkpoint in %s; starting from the beginning", run_dir)
+            else:
+                acc.load_state(str(ckpt))
+                self.state = json.loads((ckpt / "trainer_state.json").read_text())
+                log.info("resumed from %s (epoch %d, batch %d, step %d)", ckpt.name,
+                         self.state["epoch"], self.state["batch"], self.state["step"])
+        acc.init_trackers("tensorboard", config=_flat(cfg))
+
+    # -------------------------------------------------------------------------------------
+    def evaluate(self, part: str) -> dict:
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        res = evaluate_model_part(model, self.prepared, part, self.cfg["eval"], acc.device,
+                                  acc.autocast, progress=False)
+        model.train(was_training)
+        out = res.means()
+        out["users"] = int(len(res.users))
+        return out
+
+    def save_best_model(self) -> None:
+        acc = self.accelerator
+        tmp = self.run_dir / ".tmp-model"
+        state_dict = acc.get_state_dict(self.model)   # every process: gathers ZeRO-3 shards
+        if acc.is_main_process:
+            from safetensors.torch import save_file
+            tmp.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous().cpu() for k, v in state_dict.items()}, str(tmp / "model.safetensors"))
+            (tmp / "info.json").write_text(json.dumps({"epoch": self.state["best_epoch"],
+                                                       "step": self.state["step"],
+                                                       "val": self.state["val"]}, indent=1))
+            replace_dir(tmp, self.run_dir / "model")
+        acc.wait_for_everyone()
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.accelerator, self.run_dir, self.state["step"], self.state,
+                        int(self.cfg["train"]["keep_checkpoints"]))
+
+    def fit(self) -> dict:
+        acc, cfg, tc, st = self.accelerator, self.cfg, self.cfg["train"], self.state
+        epochs = int(tc["epochs"])
+        select = cfg["eval"]["select_metric"]
+        rank, seed = acc.process_index, int(cfg["seed"])
+        ckpt_every = int(tc["checkpoint_every_steps"] or 0)
+        t0 = time.time()
+        while st["epoch"] < epochs:
+            epoch = st["epoch"]
+            self.sampler.set_epoch(epoch)
+            skip = st["batch"]
+            loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
+            self.model.train()
+            bar = tqdm(total=self.batches_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not (acc.is_main_process and tc["progress"]), dynamic_ncols=True)
+            running, n_running = {}, 0
+            for batch in loader:
+                if st["batch"] >= self.batches_per_epoch:
+                    break
+                torch.manual_seed(step_seed(seed, epoch, st["batch"], rank))
+                with acc.accumulate(self.model):
+                    losses = self.model(batch)
+                    acc.backward(losses["loss"])
+                    if acc.sync_gradients and tc["grad_clip"]:
+                        acc.clip_grad_norm_(self.model.parameters(), float(tc["grad_clip"]))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                st["batch"] += 1
+                bar.update(1)
+                for k, v in losses.items():
+                    running[k] = running.get(k, 0.0) + float(v.detach())
+                n_running += 1
+                if not acc.sync_gradients:
+                    continue
+                self.scheduler.step()
+                st["step"] += 1
+                if st["step"] % int(tc["log_every_steps"]) == 0:
+                    logs = {f"train/{k}": v / n_running for k, v in running.items()}
+                    logs["train/lr"] = self.scheduler.get_last_lr()[0]
+                    acc.log(logs, step=st["step"])
+                    bar.set_postfix(loss=f"{logs['train/loss']:.4f}", lr=f"{logs['train/lr']:.2e}")
+                    running, n_running = {}, 0
+                if ckpt_every and st["step"] % ckpt_every == 0:
+                    self.checkpoint()
+            bar.close()
+            st["epoch"], st["batch"] = epoch + 1, 0
+            record = {"epoch": epoch + 1, "step": st["step"], "time_s": round(time.time() - t0, 1)}
+            if (epoch + 1) % int(cfg["eval"]["every_epochs"]) == 0 or epoch + 1 == epochs:
+                val = self.evaluate("val")
+                record["val"] = val
+                acc.log({f"val/{k}": v for k, v in val.items() if "@" in k}, step=st["step"])
+                improved = st["best"] is None or val[select] > st["best"]
+                log.info("epoch %d: val %s%s", epoch + 1, _fmt(val), "  (best)" if improved else "")
+                if improved:
+                    st["best"], st["best_epoch"], st["val"] = val[select], epoch + 1, val
+                    st["test"] = self.evaluate("test")   # test at the best validation epoch
+                    self.save_best_model()
+            st["history"].append(record)
+            if acc.is_main_process:
+                with open(self.run_dir / "history.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            self.checkpoint()
+        return self.finish()
+
+    def finish(self) -> dict:
+        acc, st = self.accelerator, self.state
+        baselines = evaluate_baselines(self.cfg, self.prepared, device=acc.device)
+        metrics = {"val": st["val"], "test": st["test"], "baselines": baselines,
+                   "best_epoch": st["best_epoch"], "select_metric": self.cfg["eval"]["select_metric"],
+                   "split": self.prepared.split.stats, "history": st["history"]}
+        if acc.is_main_process:
+            tmp = self.run_dir / "metrics.json.tmp"
+            tmp.write_text(json.dumps(metrics, indent=1))
+            os.replace(tmp, self.run_dir / "metrics.json")
+            log.info("best epoch %s; test %s", st["best_epoch"], _fmt(st["test"] or {}))
+            for name, b in baselines.items():
+                if "test" in b:
+                    log.info("baseline %s: test %s", name, _fmt(b["test"]))
+            log.info("run directory: %s", self.run_dir)
+        acc.end_training()
+        return metrics
+
+
+def train(cfg: dict, resume_dir: str | Path | None = None) -> tuple[Path, dict]:
+    trainer = Trainer(cfg, resume_dir)
+    metrics = trainer.fit()
+    return trainer.run_dir, metrics
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    return load_config(Path(run_dir) / "config.yaml", overrides)

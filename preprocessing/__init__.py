@@ -1,0 +1,1 @@
+"""Turning raw item content (text, trailers, images) into model-ready, cached inputs."""
