@@ -1,4 +1,4 @@
-"""`mmrec preprocess | train | evaluate | export`: each takes `--config FILE` and `key=value`
+"""`mmrec preprocess | train | evaluate | export | sweep`: each takes `--config FILE` and `key=value`
 overrides (see configs/base.yaml for every key). `mmrec train` with no config runs the default
 MovieLens-100k configuration (configs/ml100k.yaml)."""
 from __future__ import annotations
@@ -66,6 +66,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from mmrec.config import parse_overrides
+    from mmrec.sweep import load_grid, sweep
+    grid = load_grid(args.grid) or {}
+    for item in args.vary or []:
+        flat = parse_overrides([item])
+        key = item.split("=", 1)[0]
+        node = flat
+        for part in key.split("."):
+            node = node[part]
+        grid[key] = node if isinstance(node, list) else [node]
+    metrics = tuple(args.metrics.split(","))
+    print(sweep(args.config, args.out, args.seeds, grid or None, args.overrides, metrics, args.part))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmrec", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--users", help="user ids (comma-separated, or a file) for top-K lists")
     sp.add_argument("--top-k", type=int, default=0, help="write each user's top-K of these items")
     sp.set_defaults(fn=cmd_export)
+    sp = with_config(sub.add_parser("sweep", help="a grid of overrides x seeds, resumable, as a table"))
+    sp.add_argument("--out", required=True, help="sweep folder (re-run the same command to resume)")
+    sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    sp.add_argument("--grid", help="YAML grid: key -> [values], or cells: [{name, set}]")
+    sp.add_argument("--vary", action="append", metavar="KEY=[V1,V2]", help="add a grid axis")
+    sp.add_argument("--metrics", default="ndcg@10,recall@10,precision@10")
+    sp.add_argument("--part", choices=["val", "test"], default="test")
+    sp.set_defaults(fn=cmd_sweep)
     return p
 
 

@@ -1,7 +1,7 @@
 """Full ranking of a split's candidate items for every evaluated user, chunked over users.
 
-Only one [chunk, candidates] score matrix (and its relevance mask) exists at a time, so memory
-is bounded by `user_chunk` whatever the catalogue size. Excluded items are masked with -inf,
+Only one [chunk, candidates] score matrix exists at a time, so memory is bounded by
+`user_chunk` whatever the catalogue size; relevance is looked up by key, never made dense. Excluded items are masked with -inf,
 never with a small constant, so they can not reach the top-K when scores are negative.
 """
 from __future__ import annotations
@@ -76,33 +76,49 @@ class RankingEvaluator:
         kept_users, chunks = [], []
         for start in range(0, len(users), self.user_chunk):
             uc = np.asarray(users[start:start + self.user_chunk], dtype=np.int64)
-            rel = self._dense(truth, uc, colmap, n_cand)
-            n_rel = rel.sum(1)
+            rows, cols = self._entries(truth, uc, colmap)
+            n_rel = np.bincount(rows, minlength=len(uc))
             ok = n_rel > 0
             if not ok.any():
                 continue
             if not ok.all():
-                uc, rel, n_rel = uc[ok.cpu().numpy()], rel[ok], n_rel[ok]
+                uc = uc[ok]
+                rows, cols = self._entries(truth, uc, colmap)
+                n_rel = n_rel[ok]
             scores = score_fn(torch.from_numpy(uc).to(self.device)).to(self.device)
             if scores.shape != (len(uc), n_cand):
                 raise ValueError(f"score function returned {tuple(scores.shape)}, expected {(len(uc), n_cand)}")
             if exclude is not None:
-                ex = self._dense(exclude, uc, colmap, n_cand)
-                scores = scores.masked_fill(ex, float("-inf"))
+                er, ec = self._entries(exclude, uc, colmap)
+                scores = scores.index_put((torch.from_numpy(er).to(self.device), torch.from_numpy(ec).to(self.device)),
+                                          torch.tensor(float("-inf"), device=self.device, dtype=scores.dtype))
             top = torch.topk(scores, k, dim=1, sorted=True).indices
-            hits = rel.gather(1, top)
+            # Hits: mark the chunk's truth entries in a flat reusable buffer, read the top-k
+            # positions, unmark. All O(positives); no dense matrix is allocated or cleared.
+            flat = self._buffer(len(uc) * n_cand)
+            keys = torch.from_numpy(rows * n_cand + cols).to(self.device)
+            flat[keys] = True
+            hits = flat[torch.arange(len(uc), device=self.device).unsqueeze(1) * n_cand + top]
+            flat[keys] = False
             if k < self.kmax:
                 hits = torch.cat([hits, hits.new_zeros(len(uc), self.kmax - k)], dim=1)
-            chunks.append({m: v.cpu().numpy() for m, v in ranking_metrics(hits, n_rel, self.ks).items()})
+            n_rel_t = torch.from_numpy(n_rel).to(self.device)
+            chunks.append({m: v.cpu().numpy() for m, v in ranking_metrics(hits, n_rel_t, self.ks).items()})
             kept_users.append(uc)
         keys = [f"{m}@{k}" for m in ("precision", "recall", "recall_capped", "ndcg") for k in self.ks]
         per_user = {m: np.concatenate([c[m] for c in chunks]) if chunks else np.zeros(0) for m in keys}
         return EvalResult(np.concatenate(kept_users) if kept_users else np.zeros(0, np.int64), per_user)
 
-    def _dense(self, csr: CSR, users: np.ndarray, colmap: np.ndarray, n_cand: int) -> torch.Tensor:
+    def _buffer(self, size: int) -> torch.Tensor:
+        buf = getattr(self, "_flat", None)
+        if buf is None or buf.numel() < size or buf.device != self.device:
+            self._flat = buf = torch.zeros(size, dtype=torch.bool, device=self.device)
+        return buf
+
+    @staticmethod
+    def _entries(csr: CSR, users: np.ndarray, colmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in `users`, candidate column) of the CSR entries that are candidates."""
         row_pos, items = ragged_rows(csr, users)
         cols = colmap[items]
         keep = cols >= 0
-        dense = torch.zeros(len(users), n_cand, dtype=torch.bool, device=self.device)
-        dense[torch.from_numpy(row_pos[keep]).to(self.device), torch.from_numpy(cols[keep]).to(self.device)] = True
-        return dense
+        return row_pos[keep], cols[keep]
