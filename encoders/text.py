@@ -49,7 +49,7 @@ class BertTextEncoder(nn.Module):
             config._attn_implementation = "sdpa"
             self.bert = BertModel(config, add_pooling_layer=False)
         if spec["gradient_checkpointing"]:
-            self.bert.gradient_checkpointing_enable()
+            self.set_grad_checkpointing(True)
         if spec["freeze"]:
             self.bert.requires_grad_(False)
         elif spec["freeze_layers"]:
@@ -57,6 +57,13 @@ class BertTextEncoder(nn.Module):
             for layer in self.bert.encoder.layer[:int(spec["freeze_layers"])]:
                 layer.requires_grad_(False)
         self.proj = nn.Linear(self.bert.config.hidden_size, token_dim)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's name for it; every encoder that can recompute activations offers it."""
+        if enable:
+            self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.bert.gradient_checkpointing_disable()
 
     def forward(self, inputs: dict, need_tokens: bool = False) -> EncoderOutput:
         mask = inputs["attention_mask"]

@@ -15,6 +15,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _quiet_libraries() -> None:
+    import warnings
+    # torch.distributed deprecation notices, repeated by DeepSpeed at every step.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torch.distributed.*deprecated.*")
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

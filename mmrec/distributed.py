@@ -53,3 +53,28 @@ def gather_nograd(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def gather_varlen(x: torch.Tensor, device=None) -> torch.Tensor:
+    """Concatenate per-rank row blocks of different lengths, in rank order (no gradient)."""
+    if not is_distributed():
+        return x
+    device = device or x.device
+    n = torch.tensor([x.shape[0]], device=device)
+    sizes = gather_nograd(n).tolist()
+    pad = max(sizes) - x.shape[0]
+    xp = x.to(device)
+    if pad:
+        xp = torch.cat([xp, xp.new_zeros((pad,) + tuple(x.shape[1:]))])
+    full = gather_nograd(xp)
+    step = max(sizes)
+    return torch.cat([full[r * step:r * step + s] for r, s in enumerate(sizes)]).to(x.device)
+
+
+def block_of_units(n_units: int) -> tuple[int, int, int]:
+    """This rank's contiguous block [start, stop) of `n_units` work units, and the per-rank
+    count every rank pads to (so all ranks make the same number of collective calls)."""
+    rank, world = rank_and_world()
+    per = -(-n_units // world)
+    start = min(rank * per, n_units)
+    return start, min(start + per, n_units), per

@@ -71,33 +71,43 @@ def read_items(path: str | Path) -> pd.DataFrame:
 @torch.no_grad()
 def export(run_dir: str | Path, items_path: str | Path, out_dir: str | Path | None = None,
            users: list[str] | None = None, top_k: int = 0, batch_size: int = 128) -> Path:
+    """Works on one or many processes (`accelerate launch -m mmrec export ...`): the items are
+    encoded in batch-aligned blocks per process and gathered once; the main process writes."""
+    from mmrec.evaluation.ranking import encode_items, user_vectors
+    from mmrec.training.trainer import make_accelerator
+    acc = make_accelerator()
     cfg, split, model = load_trained(run_dir)
+    model.to(acc.device)
     out = Path(out_dir or Path(run_dir) / "export")
-    out.mkdir(parents=True, exist_ok=True)
     items = read_items(items_path)
     empty = pd.DataFrame({"user_id": [], "item_id": [], "rating": [], "timestamp": []})
     ds = MultiModalDataset("export", items, empty, root=Path(items_path).parent)
-    content = build_content(cfg, ds)
+    with acc.main_process_first():
+        content = build_content(cfg, ds)
     keep = np.stack([c.present for c in content.values()], axis=1).any(axis=1)
     rows = np.flatnonzero(keep)
-    vecs = []
-    for s in range(0, len(rows), batch_size):
-        vecs.append(model.item_vectors(collate_items(content, rows[s:s + batch_size], "eval")).float())
-    V = torch.cat(vecs) if vecs else torch.zeros(0, int(cfg["model"]["dim"]))
-    ids = items["item_id"].to_numpy()[rows]
-    np.save(out / "item_embeddings.npy", V.numpy())
-    (out / "item_ids.txt").write_text("".join(f"{i}\n" for i in ids))
-    pd.DataFrame({"item_id": ids, "embedding": list(V.flatten(1).numpy())}).to_parquet(
-        out / "item_embeddings.parquet", index=False)
-    U = model.user_vectors(torch.arange(split.n_users)).float()
-    np.save(out / "user_embeddings.npy", U.numpy())
-    (out / "user_ids.txt").write_text("".join(f"{u}\n" for u in split.user_ids))
-    report = {"run": str(run_dir), "items_file": str(items_path), "items_read": int(len(items)),
-              "items_exported": int(len(rows)), "items_skipped_no_content": int((~keep).sum()),
-              "skipped_item_ids": [str(i) for i in items["item_id"][~keep]]}
-    if top_k:
-        report["topk"] = write_topk(out / "topk.parquet", U, V, split.user_ids, ids, users, int(top_k))
-    (out / "export_report.json").write_text(json.dumps(report, indent=1))
+    V = encode_items(model, None, rows, batch_size, acc.device, acc.autocast,
+                     collate=lambda r, mode: collate_items(content, r, mode))
+    if len(rows) == 0:
+        V = torch.zeros(0, int(cfg["model"]["dim"]))
+    U = user_vectors(model, split.n_users, acc.device)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        ids = items["item_id"].to_numpy()[rows]
+        np.save(out / "item_embeddings.npy", V.numpy())
+        (out / "item_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+        pd.DataFrame({"item_id": ids, "embedding": list(V.flatten(1).numpy())}).to_parquet(
+            out / "item_embeddings.parquet", index=False)
+        np.save(out / "user_embeddings.npy", U.numpy())
+        (out / "user_ids.txt").write_text("".join(f"{u}\n" for u in split.user_ids))
+        report = {"run": str(run_dir), "items_file": str(items_path), "items_read": int(len(items)),
+                  "items_exported": int(len(rows)), "items_skipped_no_content": int((~keep).sum()),
+                  "skipped_item_ids": [str(i) for i in items["item_id"][~keep]],
+                  "processes": acc.num_processes}
+        if top_k:
+            report["topk"] = write_topk(out / "topk.parquet", U, V, split.user_ids, ids, users, int(top_k))
+        (out / "export_report.json").write_text(json.dumps(report, indent=1))
+    acc.wait_for_everyone()
     return out
 
 

@@ -18,19 +18,24 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-class PositiveLookup(nn.Module):
-    """Membership test for known (user, item) positives, as sorted int64 keys user * n_items + item."""
+class PositiveLookup:
+    """Membership test for known (user, item) positives, as sorted int64 keys user * n_items + item.
+
+    Deliberately not a module buffer: data-parallel wrappers broadcast buffers every step, and
+    on MovieLens-25M these keys are ~100 MB. They move to the inputs' device on first use."""
 
     def __init__(self, pairs: np.ndarray | None, n_items: int):
-        super().__init__()
         self.n_items = int(n_items)
         keys = np.zeros(0, np.int64) if pairs is None else np.unique(pairs[:, 0].astype(np.int64) * self.n_items + pairs[:, 1])
-        self.register_buffer("keys", torch.from_numpy(keys), persistent=False)
+        self.keys = torch.from_numpy(keys)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def __call__(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[len(users), len(items)] bool: does users[a] like items[b]?"""
+        if self.keys.device != users.device:
+            self.keys = self.keys.to(users.device)
         q = users.long().unsqueeze(1) * self.n_items + items.long().unsqueeze(0)
-        return torch.isin(q, self.keys)
+        pos = torch.searchsorted(self.keys, q).clamp_(max=max(len(self.keys) - 1, 0))
+        return (self.keys[pos] == q) if len(self.keys) else torch.zeros_like(q, dtype=torch.bool)
 
 
 class RatingRankingLoss(nn.Module):

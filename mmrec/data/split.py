@@ -7,6 +7,7 @@ saved with the run so evaluation and export see the same indices.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +84,7 @@ class Split:
 
     def save(self, path: str | Path) -> None:
         arrays = {"user_ids": self.user_ids.astype(str), "item_ids": self.item_ids.astype(str),
-                  "item_part": self.item_part}
+                  "item_part": self.item_part, "stats": np.array(json.dumps(self.stats))}
         for p, csr in self.positives.items():
             arrays[f"{p}_indptr"], arrays[f"{p}_indices"] = csr.indptr, csr.indices
         np.savez_compressed(path, **arrays)
@@ -92,7 +93,8 @@ class Split:
     def load(cls, path: str | Path) -> "Split":
         z = np.load(path, allow_pickle=False)
         pos = {p: CSR(z[f"{p}_indptr"], z[f"{p}_indices"]) for p in PARTS if f"{p}_indptr" in z}
-        return cls(z["user_ids"], z["item_ids"], z["item_part"], pos)
+        stats = json.loads(str(z["stats"])) if "stats" in z else {}
+        return cls(z["user_ids"], z["item_ids"], z["item_part"], pos, stats)
 
 
 def _sorted_ids(ids: np.ndarray) -> np.ndarray:

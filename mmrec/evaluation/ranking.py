@@ -1,13 +1,14 @@
 """Evaluating a model (or a baseline) on a split's cold items, on one or many processes.
 
-Items are encoded in equal-sized shards per process and gathered once; users are sharded in
-contiguous blocks and their per-user metrics gathered once, in rank order, so the result is the
-single-process result whatever the number of processes. Every process makes the same number of
-forward calls (shards are padded), which ZeRO-3's parameter gathering requires.
+Work is split in the same units a single process uses — batches of `item_batch_size` items,
+chunks of `user_chunk` users — and each process takes a contiguous block of whole units. Every
+item is therefore encoded in exactly the batch, and every user scored in exactly the chunk, it
+would be in one process, so the gathered per-user metrics (and their means) are the
+single-process ones exactly. Processes with fewer units repeat their last one, so all make the
+same number of forward calls, which ZeRO-3's parameter gathering requires.
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 
 import numpy as np
@@ -15,30 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mmrec.data.split import CSR
-from mmrec.distributed import gather_nograd, rank_and_world
+from mmrec.distributed import block_of_units, gather_varlen, rank_and_world
 from mmrec.evaluation.evaluator import DotScorer, EvalResult, RankingEvaluator, ScoreFn
-
-
-def _shard(values: np.ndarray, pad: bool) -> tuple[np.ndarray, int]:
-    """This rank's contiguous block (padded with the last value to equal length if `pad`)."""
-    rank, world = rank_and_world()
-    n = len(values)
-    per = math.ceil(n / world) if n else 0
-    block = values[rank * per:(rank + 1) * per]
-    real = len(block)
-    if pad and real < per:
-        filler = values[-1:] if n else values[:0]
-        block = np.concatenate([block, np.repeat(filler, per - real)])
-    return block, real
-
-
-def _gather_rows(x: torch.Tensor, real: int, total: int, device) -> torch.Tensor:
-    """Gather equal-length row blocks from every rank, drop the padding, keep rank order."""
-    _, world = rank_and_world()
-    if world == 1:
-        return x[:real]
-    out = gather_nograd(x.to(device)).cpu()
-    return out[:total]
 
 
 def move_to(obj, device):
@@ -51,19 +30,28 @@ def move_to(obj, device):
 
 @torch.no_grad()
 def encode_items(model, prepared, items: np.ndarray, batch_size: int, device="cpu", autocast=None,
-                 progress: bool = False) -> torch.Tensor:
-    """Item vectors [N, D] (or [N, S, D] for segment inference), float32 on the CPU."""
+                 progress: bool = False, collate=None) -> torch.Tensor:
+    """Item vectors [N, D] (or [N, S, D] for segment inference), float32 on the CPU.
+
+    `collate(items, mode)` builds model inputs (default: the prepared data's providers)."""
     items = np.asarray(items, dtype=np.int64)
-    block, real = _shard(items, pad=True)
-    outs = []
+    collate = collate or prepared.collate
+    n_batches = -(-len(items) // batch_size)
+    first, stop, per = block_of_units(n_batches)
+    mine = list(range(first, stop))
+    pad = per - len(mine)
+    mine += [mine[-1] if mine else max(n_batches - 1, 0)] * pad if n_batches else []
+    outs, tail = [], None
     ctx = autocast or nullcontext
-    steps = range(0, len(block), batch_size)
-    for start in tqdm(steps, desc="encode items", disable=not progress, leave=False):
-        content = move_to(prepared.collate(block[start:start + batch_size], "eval"), device)
+    for j, b in enumerate(tqdm(mine, desc="encode items", disable=not progress, leave=False)):
+        content = move_to(collate(items[b * batch_size:(b + 1) * batch_size], "eval"), device)
         with ctx():
-            outs.append(model.item_vectors(content).float().cpu())
-    local = torch.cat(outs) if outs else torch.zeros(0)
-    return _gather_rows(local, real, len(items), device)
+            v = model.item_vectors(content).float().cpu()
+        tail = tuple(v.shape[1:])
+        if j < len(mine) - pad:          # padding batches only keep the ranks in step
+            outs.append(v)
+    local = torch.cat(outs) if outs else torch.zeros((0,) + (tail or ()))
+    return gather_varlen(local, device)
 
 
 @torch.no_grad()
@@ -74,22 +62,20 @@ def user_vectors(model, n_users: int, device="cpu") -> torch.Tensor:
 def evaluate_ranking(score_fn: ScoreFn, users: np.ndarray, candidates: np.ndarray, truth: CSR,
                      evaluator: RankingEvaluator, exclude: CSR | None = None,
                      n_items: int | None = None, device="cpu") -> EvalResult:
-    """Shard users over processes, evaluate, gather per-user metrics in user order."""
+    """Each process ranks a block of whole user chunks; per-user metrics are gathered once."""
     users = np.asarray(users, dtype=np.int64)
-    block, real = _shard(users, pad=False)
-    res = evaluator.evaluate(score_fn, block, candidates, truth, exclude, n_items)
-    _, world = rank_and_world()
-    if world == 1:
+    chunk = evaluator.user_chunk
+    first, stop, _ = block_of_units(-(-len(users) // chunk))
+    res = evaluator.evaluate(score_fn, users[first * chunk:stop * chunk], candidates, truth,
+                             exclude, n_items)
+    if rank_and_world()[1] == 1:
         return res
-    # Blocks are contiguous, so concatenating in rank order restores the user order.
-    per = math.ceil(len(users) / world)
     keys = list(res.per_user)
-    local = np.full((per, len(keys) + 1), np.nan)
-    local[:len(res.users), 0] = res.users
+    local = np.zeros((len(res.users), len(keys) + 1))
+    local[:, 0] = res.users
     for j, k in enumerate(keys):
-        local[:len(res.users), j + 1] = res.per_user[k]
-    full = gather_nograd(torch.from_numpy(local).to(device)).cpu().numpy()
-    full = full[~np.isnan(full[:, 0])]
+        local[:, j + 1] = res.per_user[k]
+    full = gather_varlen(torch.from_numpy(local), device).numpy()
     return EvalResult(full[:, 0].astype(np.int64), {k: full[:, j + 1] for j, k in enumerate(keys)})
 
 

@@ -19,6 +19,10 @@ class MMRecModel(nn.Module):
         self.user_embedding = nn.Embedding(n_users, D)
         nn.init.normal_(self.user_embedding.weight, std=float(cfg["model"]["user_init_std"]))
         self.item_encoder = ItemEncoder(cfg["fields"], cfg["encoders"], cfg["model"])
+        if cfg["train"]["gradient_checkpointing"]:
+            for encoder in self.item_encoder.encoders.values():
+                if hasattr(encoder, "set_grad_checkpointing"):
+                    encoder.set_grad_checkpointing(True)
         loss = cfg["loss"]
         lookup = PositiveLookup(train_pairs, n_items) if loss["false_negative_filter"] else None
         self.ranking_loss = RatingRankingLoss(loss["temperature"], loss["mask_duplicates"],

@@ -36,15 +36,21 @@ log = logging.getLogger("mmrec")
 
 
 def make_accelerator():
+    """The Accelerator for any launch: plain `python -m mmrec`, `accelerate launch` (DDP) on GPUs
+    or CPU processes, or DeepSpeed. Mixed precision and gradient accumulation come from the
+    launch config (or ACCELERATE_* variables), never from mmrec's config."""
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or deepspeed
     handlers = []
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or \
-        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if launched and not torch.cuda.is_available():
         # CPU processes talk over gloo; DeepSpeed under Accelerate on CPU also needs it (DESIGN §3).
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(kwargs_handlers=handlers)
+    # Without CUDA, a multi-GPU launch config still gives CPU ranks; `cpu=True` must not be set
+    # under DeepSpeed, where it would silently replace DeepSpeed by plain data parallelism.
+    cpu = not torch.cuda.is_available() and not deepspeed
+    return Accelerator(cpu=cpu, kwargs_handlers=handlers)
 
 
 def _broadcast(accelerator, obj):
@@ -280,9 +286,10 @@ class Trainer:
                     st["test"] = self.evaluate("test")   # test at the best validation epoch
                     self.save_best_model()
             st["history"].append(record)
-            if acc.is_main_process:
-                with open(self.run_dir / "history.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+            if acc.is_main_process:   # rewritten whole, so a resumed run never repeats a line
+                tmp = self.run_dir / "history.jsonl.tmp"
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in st["history"]))
+                os.replace(tmp, self.run_dir / "history.jsonl")
             self.checkpoint()
         return self.finish()
 

@@ -1,0 +1,167 @@
+"""Several processes on the CPU (gloo), DeepSpeed ZeRO, exact resume and distributed evaluation.
+
+Multi-process runs are launched with `accelerate launch` exactly as users launch them. Every run
+uses one thread per process (OMP_NUM_THREADS=1), so results can be compared bit for bit.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+CPU2 = str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml")
+
+
+def env():
+    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def run(cmd, timeout=600):
+    r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return r
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config, *args, procs=2):
+    # A fresh port per launch: a fixed one (29500) clashes with any other launch on the machine.
+    return run([ACCELERATE, "launch", "--config_file", config, "--num_processes", str(procs),
+                "--main_process_port", str(free_port()), "--mixed_precision", "no", *args])
+
+
+def mmrec(*args):
+    return run([sys.executable, "-m", "mmrec", *args])
+
+
+TWO_FIELDS = ["fields.genres.modality=text", "fields.genres.template={genres}",
+              "loss.alignment_weight=0.5"]
+
+
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, cache_dir):
+    """N processes x batch B == 1 process x batch N*B: same loss and same gradients, with
+    duplicate masking, false-negative filtering and the alignment loss all crossing ranks."""
+    common = [f"data.cache_dir={cache_dir}", "loss.false_negative_filter=true", *TWO_FIELDS]
+    run([sys.executable, "tests/dist/one_step.py", str(tmp_path / "one.pt"), "64", *common])
+    launch(CPU2, "tests/dist/one_step.py", str(tmp_path / "two.pt"), "64", *common)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["world"] == 1 and two["world"] == 2
+    assert one["duplicate_users"]          # the global batch really exercises duplicate masking
+    for k in one["parts"]:
+        assert float(two["parts"][k]) == pytest.approx(float(one["parts"][k]), rel=1e-5), k
+    assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 10
+    for name, g in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    # Exactly one data-parallel wrapper, around the user table and the item tower only.
+    assert two["ddp_wrappers"] == 1
+    assert {n.split(".")[0] for n in two["params"]} == {"user_embedding", "item_encoder"}
+
+
+def _tiny(run_dir, cache_dir, *extra):
+    return ["--config", "configs/tiny.yaml", f"data.cache_dir={cache_dir}", f"run_dir={run_dir}",
+            "train.epochs=1", "train.max_steps_per_epoch=8", "train.batch_size=32", *extra]
+
+
+def _test_item_vectors(run_dir):
+    from mmrec.data.pipeline import prepare
+    from mmrec.data.split import Split
+    from mmrec.evaluation.ranking import encode_items
+    from mmrec.export import load_trained
+    cfg, split, model = load_trained(run_dir)
+    prepared = prepare(cfg, Split.load(Path(run_dir) / "split.npz"))
+    with torch.no_grad():
+        return encode_items(model, prepared, split.items_of("test"), 64)
+
+
+def test_deepspeed_zero2_zero3_train_resume_and_match_plain_ddp(tmp_path, cache_dir):
+    ref, z2, z3 = tmp_path / "ddp", tmp_path / "zero2", tmp_path / "zero3"
+    launch(CPU2, "-m", "mmrec", "train", *_tiny(ref, cache_dir))
+    launch(str(ROOT / "configs/accelerate/deepspeed_zero2.yaml"), "-m", "mmrec", "train",
+           *_tiny(z2, cache_dir, "train.checkpoint_every_steps=4", "train.keep_checkpoints=10"))
+    launch(str(ROOT / "configs/accelerate/deepspeed_zero3.yaml"), "-m", "mmrec", "train",
+           *_tiny(z3, cache_dir))
+    for d in (ref, z2, z3):
+        assert (d / "metrics.json").exists() and (d / "model" / "model.safetensors").exists()
+    v_ref, v2, v3 = _test_item_vectors(ref), _test_item_vectors(z2), _test_item_vectors(z3)
+    torch.testing.assert_close(v2, v_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(v3, v_ref, rtol=1e-4, atol=1e-5)
+
+    # Checkpoints load under ZeRO: resume the ZeRO-2 run from its mid-epoch step-4 checkpoint.
+    resumed = tmp_path / "zero2_resumed"
+    shutil.copytree(z2, resumed)
+    for name in ("metrics.json", "model"):
+        p = resumed / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for ck in (resumed / "checkpoints").iterdir():
+        if ck.name != "step-00000004":
+            shutil.rmtree(ck)
+    state = json.loads((resumed / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert state["batch"] == 4 and state["epoch"] == 0          # mid-epoch
+    launch(str(ROOT / "configs/accelerate/deepspeed_zero2.yaml"), "-m", "mmrec", "train",
+           "--resume", str(resumed))
+    a = json.loads((z2 / "metrics.json").read_text())
+    b = json.loads((resumed / "metrics.json").read_text())
+    assert b["test"] == pytest.approx(a["test"], abs=1e-6) and b["val"] == pytest.approx(a["val"], abs=1e-6)
+    torch.testing.assert_close(_test_item_vectors(resumed), v2, rtol=1e-5, atol=1e-6)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, cache_dir):
+    args = ["train.epochs=2", "train.max_steps_per_epoch=40", "train.batch_size=128",
+            "train.checkpoint_every_steps=5", "train.keep_checkpoints=100"]
+    whole = tmp_path / "whole"
+    mmrec("train", *_tiny(whole, cache_dir, *args))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mmrec", "train", *_tiny(killed, cache_dir, *args)], cwd=ROOT,
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / "checkpoints" / "step-00000015"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the run never reached its step-15 checkpoint"
+    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+    last = json.loads(sorted((killed / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    assert last["epoch"] == 0 and 0 < last["batch"] < 40      # killed in the middle of epoch 1
+    mmrec("train", "--resume", str(killed))
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert b["val"] == a["val"] and b["test"] == a["test"] and b["best_epoch"] == a["best_epoch"]
+    assert [h["val"] for h in b["history"]] == [h["val"] for h in a["history"]]
+    lines = (killed / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+
+
+def test_distributed_evaluation_and_export_equal_single_process(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    small = ["eval.item_batch_size=16", "eval.user_chunk=64"]      # many units to share out
+    mmrec("evaluate", str(run_dir), *small)
+    one = json.loads((run_dir / "evaluation.json").read_text())
+    launch(CPU2, "-m", "mmrec", "evaluate", str(run_dir), *small)
+    two = json.loads((run_dir / "evaluation.json").read_text())
+    assert one == two                                              # exactly, every metric
+    items = tmp_path / "items.parquet"
+    import pandas as pd
+    from mmrec.data.readers import read_ml100k
+    read_ml100k({}).items.iloc[:150].to_parquet(items, index=False)
+    mmrec("export", str(run_dir), "--items", str(items), "--out", str(tmp_path / "e1"))
+    launch(CPU2, "-m", "mmrec", "export", str(run_dir), "--items", str(items), "--out", str(tmp_path / "e2"))
+    np.testing.assert_array_equal(np.load(tmp_path / "e1" / "item_embeddings.npy"),
+                                  np.load(tmp_path / "e2" / "item_embeddings.npy"))
+    assert (tmp_path / "e1" / "item_ids.txt").read_text() == (tmp_path / "e2" / "item_ids.txt").read_text()
