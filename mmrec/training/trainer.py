@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -235,6 +235,7 @@ class Trainer:
         rank, seed = acc.process_index, int(cfg["seed"])
         ckpt_every = int(tc["checkpoint_every_steps"] or 0)
         t0 = time.time()
+        self.train_seconds, self.train_steps = 0.0, 0
         while st["epoch"] < epochs:
             epoch = st["epoch"]
             self.sampler.set_epoch(epoch)
@@ -244,6 +245,7 @@ class Trainer:
             bar = tqdm(total=self.batches_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not (acc.is_main_process and tc["progress"]), dynamic_ncols=True)
             running, n_running = {}, 0
+            t_loop = time.perf_counter()
             for batch in loader:
                 if st["batch"] >= self.batches_per_epoch:
                     break
@@ -264,6 +266,7 @@ class Trainer:
                     continue
                 self.scheduler.step()
                 st["step"] += 1
+                self.train_steps += 1
                 if st["step"] % int(tc["log_every_steps"]) == 0:
                     logs = {f"train/{k}": v / n_running for k, v in running.items()}
                     logs["train/lr"] = self.scheduler.get_last_lr()[0]
@@ -273,6 +276,7 @@ class Trainer:
                 if ckpt_every and st["step"] % ckpt_every == 0:
                     self.checkpoint()
             bar.close()
+            self.train_seconds += time.perf_counter() - t_loop
             st["epoch"], st["batch"] = epoch + 1, 0
             record = {"epoch": epoch + 1, "step": st["step"], "time_s": round(time.time() - t0, 1)}
             if (epoch + 1) % int(cfg["eval"]["every_epochs"]) == 0 or epoch + 1 == epochs:
@@ -293,12 +297,33 @@ class Trainer:
             self.checkpoint()
         return self.finish()
 
+    def resources(self) -> dict:
+        """Throughput and peak memory of this session's training loop, per process."""
+        from mmrec.distributed import gather_nograd
+        acc = self.accelerator
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+        cuda_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else 0.0
+        local = torch.tensor([[rss_mb, cuda_mb]], dtype=torch.float64, device=acc.device)
+        per_proc = gather_nograd(local).cpu().tolist()
+        steps, secs = self.train_steps, self.train_seconds
+        return {"processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
+                "mixed_precision": acc.mixed_precision,
+                "batch_per_process": int(self.cfg["train"]["batch_size"]),
+                "gradient_accumulation_steps": acc.gradient_accumulation_steps,
+                "train_steps": steps, "train_seconds": round(secs, 3),
+                "steps_per_s": round(steps / secs, 4) if secs else None,
+                "samples_per_s": round(steps * acc.gradient_accumulation_steps * acc.num_processes *
+                                       int(self.cfg["train"]["batch_size"]) / secs, 2) if secs else None,
+                "peak_rss_mb_per_process": [round(r[0], 1) for r in per_proc],
+                "peak_cuda_mb_per_process": [round(r[1], 1) for r in per_proc]}
+
     def finish(self) -> dict:
         acc, st = self.accelerator, self.state
         baselines = evaluate_baselines(self.cfg, self.prepared, device=acc.device)
         metrics = {"val": st["val"], "test": st["test"], "baselines": baselines,
                    "best_epoch": st["best_epoch"], "select_metric": self.cfg["eval"]["select_metric"],
-                   "split": self.prepared.split.stats, "history": st["history"]}
+                   "split": self.prepared.split.stats, "history": st["history"],
+                   "resources": self.resources()}
         if acc.is_main_process:
             tmp = self.run_dir / "metrics.json.tmp"
             tmp.write_text(json.dumps(metrics, indent=1))
