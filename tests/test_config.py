@@ -7,7 +7,7 @@ from mmrec.config import ConfigError, load_config, parse_overrides
 def test_default_config_resolves_with_entry_defaults():
     cfg = load_config("configs/ml100k.yaml")
     assert cfg["data"]["source"] == "ml100k" and cfg["split"]["ratios"] == [0.85, 0.075, 0.075]
-    assert cfg["encoders"]["text"]["pooling"] == "cls"            # filled from the bert defaults
+    assert cfg["encoders"]["text"]["freeze"] is False and cfg["encoders"]["text"]["tokenizer"] is None  # bert defaults
     assert cfg["fields"]["text"]["modality"] == "text"
 
 

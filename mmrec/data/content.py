@@ -7,11 +7,12 @@ seeds) or 'eval' (deterministic, e.g. S evenly spaced segments).
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from mmrec.registry import Registry
 from preprocessing.text import RaggedTokens
 
 
@@ -41,15 +42,12 @@ class TextContent:
                 "present": torch.from_numpy(self.present[np.asarray(items, dtype=np.int64)])}
 
 
-# modality -> builder(field_name, field_spec, prepared-data context) -> FieldContent
-CONTENT_BUILDERS: dict[str, Callable] = {}
+# modality -> builder(field_name, field_spec, dataset, cfg) -> FieldContent
+CONTENT_BUILDERS = Registry("content modality")
 
 
 def register_content(modality: str):
-    def deco(fn):
-        CONTENT_BUILDERS[modality] = fn
-        return fn
-    return deco
+    return CONTENT_BUILDERS.register(modality)
 
 
 def collate_items(content: dict[str, FieldContent], items: np.ndarray, mode: str,

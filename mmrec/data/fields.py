@@ -30,10 +30,9 @@ def register_modality(name: str, defaults: dict) -> None:
 
 def field_defaults(entry: dict) -> dict:
     modality = entry.get("modality")
-    if modality is None:
-        raise KeyError(f"needs a 'modality' (one of: {', '.join(FIELD_DEFAULTS)})")
-    if modality not in FIELD_DEFAULTS:
-        raise KeyError(f"unknown modality '{modality}' (known: {', '.join(FIELD_DEFAULTS)})")
+    if modality is None or modality not in FIELD_DEFAULTS:
+        what = "needs a 'modality'" if modality is None else f"unknown modality '{modality}'"
+        raise KeyError(f"{what} (known: {', '.join(FIELD_DEFAULTS)})")
     return dict(FIELD_DEFAULTS[modality])
 
 

@@ -8,29 +8,26 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import pandas as pd
 
 from mmrec import assets
-from mmrec.data.tables import DataError, MultiModalDataset, SkipLog, TableCount, normalise_interactions
+from mmrec.data.tables import DataError, MultiModalDataset, TableCount, normalise_interactions
+from mmrec.registry import Registry
 
-READERS: dict[str, Callable[..., MultiModalDataset]] = {}
+READERS = Registry("data source")
 
 
 def register_reader(name: str):
-    def deco(fn):
-        READERS[name] = fn
-        return fn
-    return deco
+    return READERS.register(name)
 
 
 def read_dataset(data_cfg: dict) -> MultiModalDataset:
-    source = data_cfg["source"]
-    if source not in READERS:
-        raise DataError(f"data.source: unknown source '{source}' (known: {', '.join(READERS)})")
-    return READERS[source](data_cfg)
+    try:
+        reader = READERS[data_cfg["source"]]
+    except KeyError as e:
+        raise DataError(f"data.source: {e.args[0]}") from None
+    return reader(data_cfg)
 
 
 def _read_table(path: Path, sep: str = ",", **kw) -> pd.DataFrame:
@@ -174,6 +171,24 @@ def _resolve_in(root: Path, name: str | None) -> Path | None:
     return p if p.is_absolute() or p.exists() else root / p
 
 
+def _read_item_map(path: Path, columns: list[str], known_items: pd.Series,
+                   duplicate_reason: str) -> tuple[pd.DataFrame, TableCount]:
+    """A per-movie side table (synopses, trailers), indexed by movieId; rows of unknown or
+    repeated movies are dropped, counted and reported."""
+    df = _read_table(path, dtype=str, keep_default_na=False)
+    _require_columns(df, columns, path)
+    count = TableCount(str(path), rows_in=len(df))
+    unknown = ~df["movieId"].isin(known_items)
+    count.skips.add("unknown movieId", int(unknown.sum()), [f"movieId {m}" for m in df["movieId"][unknown][:5]])
+    df = df[~unknown]
+    dup = df["movieId"].duplicated()
+    count.skips.add(duplicate_reason, int(dup.sum()), [f"movieId {m}" for m in df["movieId"][dup][:5]])
+    df = df[~dup]
+    count.rows_out = len(df)
+    count.check()
+    return df.set_index("movieId"), count
+
+
 @register_reader("ml25m")
 def read_ml25m(data_cfg: dict) -> MultiModalDataset:
     if not data_cfg.get("path"):
@@ -215,36 +230,16 @@ def read_ml25m(data_cfg: dict) -> MultiModalDataset:
 
     syn_path = _resolve_in(root, data_cfg.get("synopsis_file"))
     if syn_path is not None:
-        syn = _read_table(syn_path, dtype=str, keep_default_na=False)
-        _require_columns(syn, ["movieId", "synopsis"], syn_path)
-        c = TableCount(str(syn_path), rows_in=len(syn))
-        unknown = ~syn["movieId"].isin(items["item_id"])
-        c.skips.add("unknown movieId", int(unknown.sum()), [f"movieId {m}" for m in syn["movieId"][unknown][:5]])
-        syn = syn[~unknown]
-        dup = syn["movieId"].duplicated()
-        c.skips.add("duplicate movieId; kept the first", int(dup.sum()), list(syn["movieId"][dup][:5]))
-        syn = syn[~dup]
-        c.rows_out = len(syn)
-        c.check()
-        report["synopses"] = c
-        items["synopsis"] = items["item_id"].map(syn.set_index("movieId")["synopsis"]).fillna("").to_numpy()
+        syn, report["synopses"] = _read_item_map(syn_path, ["movieId", "synopsis"], items["item_id"],
+                                                 "duplicate movieId; kept the first")
+        items["synopsis"] = items["item_id"].map(syn["synopsis"]).fillna("").to_numpy()
 
     yt_path = root / "ml-youtube.csv"
     if yt_path.exists():
-        yt = _read_table(yt_path, dtype=str, keep_default_na=False)
-        _require_columns(yt, ["youtubeId", "movieId"], yt_path)
-        c = TableCount(str(yt_path), rows_in=len(yt))
-        unknown = ~yt["movieId"].isin(items["item_id"])
-        c.skips.add("unknown movieId", int(unknown.sum()), [f"movieId {m}" for m in yt["movieId"][unknown][:5]])
-        yt = yt[~unknown]
-        dup = yt["movieId"].duplicated()
-        c.skips.add("second trailer of a movie; kept the first", int(dup.sum()), list(yt["movieId"][dup][:5]))
-        yt = yt[~dup]
-        c.rows_out = len(yt)
-        c.check()
-        report["trailers"] = c
+        yt, report["trailers"] = _read_item_map(yt_path, ["youtubeId", "movieId"], items["item_id"],
+                                                "second trailer of a movie; kept the first")
         trailer_dir = Path(data_cfg.get("trailer_dir") or (root / "trailers"))
-        youtube = items["item_id"].map(yt.set_index("movieId")["youtubeId"])
+        youtube = items["item_id"].map(yt["youtubeId"])
         items["youtube_id"] = youtube.fillna("").to_numpy()
         items["trailer"] = [str(trailer_dir / f"{y}.mp4") if isinstance(y, str) and y else None
                             for y in youtube]

@@ -9,19 +9,15 @@ The trainer, evaluator, checkpoints and export only use this interface.
 """
 from __future__ import annotations
 
-HEADS: dict[str, type] = {}
+from mmrec.registry import Registry
+
+HEADS = Registry("head")
 
 
 def register_head(name: str):
-    def deco(cls):
-        HEADS[name] = cls
-        return cls
-    return deco
+    return HEADS.register(name)
 
 
 def build_model(cfg: dict, prepared):
     from mmrec.models import mmrec_model  # noqa: F401  (registers 'mmrec')
-    name = cfg["head"]
-    if name not in HEADS:
-        raise ValueError(f"head: unknown model '{name}' (known: {', '.join(HEADS)})")
-    return HEADS[name].build(cfg, prepared)
+    return HEADS[cfg["head"]].build(cfg, prepared)
