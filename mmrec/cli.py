@@ -24,6 +24,10 @@ def _quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _config(args) -> dict:
     from mmrec.config import DEFAULT_CONFIG, load_config
     return load_config(args.config or DEFAULT_CONFIG, args.overrides)
@@ -54,7 +58,8 @@ def cmd_evaluate(args) -> int:
     from mmrec.export import evaluate_run
     parts = ("val", "test") if args.split == "both" else (args.split,)
     out = evaluate_run(args.run_dir, parts, args.overrides)
-    print(json.dumps(out, indent=1))
+    if _is_main_process():
+        print(json.dumps(out, indent=1))
     return 0
 
 
@@ -65,8 +70,9 @@ def cmd_export(args) -> int:
         p = Path(args.users)
         users = p.read_text().split() if p.exists() else args.users.split(",")
     out = export(args.run_dir, args.items, args.out, users, args.top_k)
-    print(f"exported to {out}")
-    print((out / "export_report.json").read_text())
+    if _is_main_process():
+        print(f"exported to {out}")
+        print((out / "export_report.json").read_text())
     return 0
 
 
