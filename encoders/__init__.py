@@ -7,6 +7,7 @@ from encoders.registry import (ENCODERS, FUSIONS, build_encoder, build_fusion, e
                                register_encoder, register_fusion)
 from encoders.base import EncoderOutput
 from encoders import text as _text  # noqa: F401  (registers 'bert')
+from encoders import vision as _vision  # noqa: F401  (registers 'vit', 'vivit')
 from encoders import fusion as _fusion  # noqa: F401  (registers 'late')
 
 __all__ = ["ENCODERS", "FUSIONS", "EncoderOutput", "build_encoder", "build_fusion",

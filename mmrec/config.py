@@ -66,6 +66,7 @@ def _ensure_registries_loaded() -> None:
     # Importing these modules registers the per-entry defaults of `fields` and `encoders`.
     import encoders  # noqa: F401
     import mmrec.data.fields  # noqa: F401
+    import mmrec.data.visual  # noqa: F401  (video and image modalities)
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -11,7 +11,10 @@ items may be brand new), encodes it with the run's best model and writes to the 
   export_report.json       counts: items read, exported, skipped (no content) with their ids
 
 Row r of every item file is the same item: the input table's order, minus the skipped items.
-Score an item for a user as u . v, or with segments as max_s u . v_s (KDD'24 Eq. 4).
+Score an item for a user as u . v. With a video field the item file is [N, S, D], one vector per
+evaluation segment, and the score is max_s u . v_s (KDD'24 Eq. 4):
+`(np.einsum("d,nsd->ns", u, V)).max(axis=1)`; `mmrec.evaluation.evaluator.DotScorer` does this.
+An item without a trailer still gets S (identical) vectors from its other fields.
 """
 from __future__ import annotations
 
@@ -70,13 +73,14 @@ def read_items(path: str | Path) -> pd.DataFrame:
 
 @torch.no_grad()
 def export(run_dir: str | Path, items_path: str | Path, out_dir: str | Path | None = None,
-           users: list[str] | None = None, top_k: int = 0, batch_size: int = 128) -> Path:
+           users: list[str] | None = None, top_k: int = 0, batch_size: int | None = None) -> Path:
     """Works on one or many processes (`accelerate launch -m mmrec export ...`): the items are
     encoded in batch-aligned blocks per process and gathered once; the main process writes."""
     from mmrec.evaluation.ranking import encode_items, user_vectors
     from mmrec.training.trainer import make_accelerator
     acc = make_accelerator()
     cfg, split, model = load_trained(run_dir)
+    batch_size = int(batch_size or cfg["eval"]["item_batch_size"])   # video items are heavy: the run's size
     model.to(acc.device)
     out = Path(out_dir or Path(run_dir) / "export")
     items = read_items(items_path)
@@ -103,6 +107,8 @@ def export(run_dir: str | Path, items_path: str | Path, out_dir: str | Path | No
         report = {"run": str(run_dir), "items_file": str(items_path), "items_read": int(len(items)),
                   "items_exported": int(len(rows)), "items_skipped_no_content": int((~keep).sum()),
                   "skipped_item_ids": [str(i) for i in items["item_id"][~keep]],
+                  "fields": {n: c.report for n, c in content.items() if getattr(c, "report", None)},
+                  "embedding_shape": list(V.shape),
                   "processes": acc.num_processes}
         if top_k:
             report["topk"] = write_topk(out / "topk.parquet", U, V, split.user_ids, ids, users, int(top_k))

@@ -36,7 +36,8 @@ def test_item_with_empty_text_is_dropped_and_reported(tmp_path, cache_dir):
     # Only movies 1 and 3 have synopses; the rest are dropped, counted and named.
     assert p.split.n_items == 2
     assert p.split.stats["items_dropped_no_content"] == 4
-    assert set(p.report["items_without_content"]) == {"2", "4", "5", "6"}
+    assert set(p.report["items_without_content"]["examples"]) == {"2", "4", "5", "6"}
+    assert p.report["items_without_content"]["count"] == 4
     assert p.split.stats["interactions_in"] == p.split.stats["interactions"] + \
         p.split.stats["interactions_dropped_no_content"] + p.split.stats["interactions_dropped_few_ratings"]
 

@@ -6,6 +6,8 @@ of unknown items and duplicate (user, item) rows are always dropped, counted and
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 import numpy as np
@@ -259,3 +261,22 @@ def read_processed(data_cfg: dict) -> MultiModalDataset:
     if not data_cfg.get("path"):
         raise DataError("data.path: the 'processed' source needs a canonical dataset directory")
     return MultiModalDataset.load(data_cfg["path"])
+
+
+@register_reader("world")
+def read_world(data_cfg: dict) -> MultiModalDataset:
+    """A SYNTHETIC rendered-trailer world (`mmrec/data/world.py`), generated on first use into
+    `data.cache_dir/worlds/` (or `data.path`, if set) and then read like any processed dataset.
+    `data.world` holds `preset` and any world key, e.g. {preset: motion, n_items: 800}."""
+    from mmrec.data.world import generate_world, resolve_config
+    opts = dict(data_cfg.get("world") or {})
+    preset = opts.pop("preset", "default")
+    try:
+        resolved = resolve_config(opts, preset)
+    except (KeyError, ValueError) as e:
+        raise DataError(f"data.world: {e.args[0]}") from None
+    key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(data_cfg.get("path") or Path(data_cfg.get("cache_dir") or ".mmrec_cache") / "worlds" / f"{preset}-{key}")
+    if not (out / "world.json").exists():
+        generate_world(opts, out, preset, workers=2, progress=True)
+    return MultiModalDataset.load(out)

@@ -1,0 +1,206 @@
+"""Image (ViT) and video (ViViT "model 2", factorised encoder) encoders, trained from scratch
+(KDD'24 Sec. 5.1.1-5.1.2). Built from timm's parts: `PatchEmbed` and the pre-norm `Block`, whose
+attention calls the fused `F.scaled_dot_product_attention`; only the [CLS]/positional wiring and
+the temporal stage are ours, because timm has no factorised video transformer.
+
+Inputs are uint8 pixels, channels last, exactly as the frame store holds them; they are
+converted and normalised on the model's device, so a DataLoader moves 4x fewer bytes.
+Architecture sizes are named (timm-style): `arch: paper` (224 px, P=16, d=192, L=4 spatial and
+L=4 temporal) for GPU users, `arch: tiny` for CPU tests and demos; any size key set explicitly
+overrides the named one.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from timm.layers import PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import Block
+
+from encoders.base import EncoderOutput
+from encoders.registry import register_encoder
+
+ARCHS = {
+    "paper": {"img_size": 224, "patch_size": 16, "width": 192, "depth": 4, "heads": 3,
+              "temporal_depth": 4, "temporal_heads": 3, "max_frames": 64},
+    "tiny": {"img_size": 32, "patch_size": 8, "width": 64, "depth": 2, "heads": 2,
+             "temporal_depth": 2, "temporal_heads": 2, "max_frames": 64},
+}
+SIZE_KEYS = tuple(ARCHS["paper"])
+
+
+def resolve_arch(spec: dict) -> dict:
+    """The named architecture's sizes, with every size key the spec sets explicitly on top."""
+    arch = spec.get("arch") or "paper"
+    if arch not in ARCHS:
+        raise ValueError(f"encoders: unknown vision arch '{arch}' (known: {', '.join(ARCHS)})")
+    sizes = dict(ARCHS[arch])
+    sizes.update({k: spec[k] for k in SIZE_KEYS if spec.get(k) is not None})
+    return sizes
+
+
+class TokenTransformer(nn.Module):
+    """Optional [CLS] + learnable positional encoding + L pre-norm blocks + final norm.
+    The spatial (patches of a frame) and temporal (frames of a clip) stages are both this."""
+
+    def __init__(self, max_tokens: int, width: int, depth: int, heads: int, mlp_ratio: float,
+                 drop_path: float, cls_token: bool = True):
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, 1, width)) if cls_token else None
+        self.pos = nn.Parameter(torch.zeros(1, max_tokens + int(cls_token), width))
+        trunc_normal_(self.pos, std=0.02)
+        if self.cls is not None:
+            nn.init.normal_(self.cls, std=1e-6)
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, qkv_bias=True, drop_path=r)
+                                    for r in rates)
+        self.norm = nn.LayerNorm(width)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, T, w] -> [N, T (+1 with [CLS] first), w]."""
+        n_pos = self.pos.shape[1] - (self.cls is not None)
+        if x.shape[1] > n_pos:
+            raise ValueError(f"{x.shape[1]} tokens but positional encodings for {n_pos} "
+                             f"(raise max_frames / check img_size)")
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = x + self.pos[:, :x.shape[1]].to(x.dtype)
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return self.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0] if self.cls is not None else tokens.mean(dim=1)
+
+
+class FrameEncoder(nn.Module):
+    """ViT over one image: uint8 [N, H, W, 3] -> tokens [N, 1 + patches, width]."""
+
+    def __init__(self, sizes: dict, spec: dict):
+        super().__init__()
+        self.img_size = int(sizes["img_size"])
+        self.patch = PatchEmbed(self.img_size, int(sizes["patch_size"]), 3, int(sizes["width"]))
+        self.transformer = TokenTransformer(self.patch.num_patches, int(sizes["width"]),
+                                            int(sizes["depth"]), int(sizes["heads"]),
+                                            float(spec["mlp_ratio"]), float(spec["drop_path"]),
+                                            bool(spec["cls_token"]))
+        self.register_buffer("mean", torch.tensor(spec["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255,
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(spec["pixel_std"], dtype=torch.float32).view(1, 3, 1, 1) * 255,
+                             persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[1:3] != (self.img_size, self.img_size):
+            raise ValueError(f"frames are {tuple(pixels.shape[1:3])} px but the encoder's img_size is "
+                             f"{self.img_size}: set the field's `size` and the encoder's `img_size` alike")
+        x = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        x = x.to(self.patch.proj.weight.dtype) if not torch.is_autocast_enabled() else x
+        return self.transformer(self.patch(x))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.transformer.pool(tokens)
+
+
+VISION_DEFAULTS = {
+    "arch": "paper",          # named sizes: paper | tiny (see ARCHS); explicit size keys override
+    **{k: None for k in ("img_size", "patch_size", "width", "depth", "heads")},
+    "mlp_ratio": 4.0,
+    "drop_path": 0.0,
+    "cls_token": True,        # aggregate with [CLS] (else the mean of the tokens)
+    "pixel_mean": [0.5, 0.5, 0.5],
+    "pixel_std": [0.25, 0.25, 0.25],
+    "gradient_checkpointing": False,
+}
+
+
+def _project(width: int, token_dim: int) -> nn.Module:
+    return nn.Identity() if width == token_dim else nn.Linear(width, token_dim)
+
+
+@register_encoder("vit")
+class ViTImageEncoder(nn.Module):
+    """Up to k still images per item (news-style): each image's [CLS], projected to d; the item's
+    aggregate is the mean over its present images, its tokens are the per-image vectors."""
+
+    DEFAULTS = dict(VISION_DEFAULTS)
+
+    def __init__(self, spec: dict, token_dim: int):
+        super().__init__()
+        sizes = resolve_arch(spec)
+        self.frames = FrameEncoder(sizes, spec)
+        self.proj = _project(int(sizes["width"]), token_dim)
+        self.set_grad_checkpointing(bool(spec["gradient_checkpointing"]))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.frames.transformer.grad_checkpointing = enable
+
+    def forward(self, inputs: dict, need_tokens: bool = False) -> EncoderOutput:
+        images, mask = inputs["images"], inputs["image_mask"].bool()   # [B, K, H, W, 3], [B, K]
+        B, K = mask.shape
+        z = self.proj(self.frames.pool(self.frames(images.flatten(0, 1)))).view(B, K, -1)
+        w = mask.unsqueeze(-1).to(z.dtype)
+        cls = (z * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return EncoderOutput(cls, z if need_tokens else None, mask if need_tokens else None)
+
+
+@register_encoder("vivit")
+class ViViTVideoEncoder(nn.Module):
+    """ViViT model 2: per-frame ViT [CLS] -> learnable temporal positional encoding -> temporal
+    Transformer -> [CLS]. `temporal: mean` instead averages the frames' [CLS] vectors (the
+    image-encoder baseline, blind to frame order).
+
+    Input `frames` is uint8 [B, F, H, W, 3] (training: one clip) or [B, S, F, H, W, 3]
+    (inference: S segments); the aggregate is [B, d] or [B, S, d] accordingly."""
+
+    DEFAULTS = {**VISION_DEFAULTS, "temporal": "transformer",
+                **{k: None for k in ("temporal_depth", "temporal_heads", "max_frames")},
+                "frame_chunk": 0}   # encode at most this many frames per ViT call (0: all at once)
+
+    def __init__(self, spec: dict, token_dim: int):
+        super().__init__()
+        sizes = resolve_arch(spec)
+        self.frames = FrameEncoder(sizes, spec)
+        self.temporal_mode = spec["temporal"]
+        if self.temporal_mode not in ("transformer", "mean"):
+            raise ValueError(f"encoders: vivit temporal must be 'transformer' or 'mean', got {self.temporal_mode!r}")
+        width = int(sizes["width"])
+        self.temporal = (TokenTransformer(int(sizes["max_frames"]), width, int(sizes["temporal_depth"]),
+                                          int(sizes["temporal_heads"]), float(spec["mlp_ratio"]),
+                                          float(spec["drop_path"]), bool(spec["cls_token"]))
+                         if self.temporal_mode == "transformer" else None)
+        self.frame_chunk = int(spec["frame_chunk"] or 0)
+        self.proj = _project(width, token_dim)
+        self.set_grad_checkpointing(bool(spec["gradient_checkpointing"]))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.frames.transformer.grad_checkpointing = enable
+        if self.temporal is not None:
+            self.temporal.grad_checkpointing = enable
+
+    def frame_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> [N, width] per-frame [CLS], in chunks to bound activation memory."""
+        step = self.frame_chunk or len(pixels)
+        return torch.cat([self.frames.pool(self.frames(pixels[i:i + step]))
+                          for i in range(0, len(pixels), step)])
+
+    def forward(self, inputs: dict, need_tokens: bool = False) -> EncoderOutput:
+        frames = inputs["frames"]
+        lead = frames.shape[:-4]                        # (B,) or (B, S)
+        F = frames.shape[-4]
+        clips = frames.reshape(-1, *frames.shape[-4:])  # [N, F, H, W, 3]
+        per_frame = self.frame_vectors(clips.flatten(0, 1)).view(len(clips), F, -1)
+        if self.temporal is None:
+            tokens = per_frame
+            pooled = per_frame.mean(dim=1)
+        else:
+            tokens = self.temporal(per_frame)
+            pooled = self.temporal.pool(tokens)
+        cls = self.proj(pooled).view(*lead, -1)
+        if not need_tokens:
+            return EncoderOutput(cls)
+        tok = self.proj(tokens).view(*lead, tokens.shape[1], -1)
+        return EncoderOutput(cls, tok, None)

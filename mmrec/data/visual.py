@@ -1,0 +1,257 @@
+"""Trailer (video) and still-image fields: from item columns to model-ready uint8 pixels.
+
+Video. Trailers are decoded once into the frame store (`preprocessing/frame_store.py`, sampled at
+`fps`, resized to `size`, the first and last `trim` of the sampled frames dropped). A training
+example takes ONE clip of `clip_frames` consecutive frames at a random start drawn from the
+sample's seed; evaluation and export take `segments` evenly spaced clips (S=1: the centre clip)
+and the item's score is the max over them (KDD'24 Eq. 4).
+Short videos: a trailer with fewer frames than `clip_frames` is LOOPED (frames 0..T-1, 0..,
+i.e. index k -> k mod T) to the clip length, so every clip is a real, full-length sequence, and
+all of its segments are that same looped clip.
+
+Images. Up to `max_images` stills per item (news-style), resized (short side) and centre-cropped
+to `size`, decoded once into a cached uint8 array; the encoder averages over the present ones.
+
+Both open their stores lazily, inside each DataLoader worker, never before the workers fork.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmrec.data.content import register_content
+from mmrec.data.fields import register_modality
+from mmrec.data.tables import DataError, MultiModalDataset
+
+register_modality("video", {
+    "column": "trailer",   # item column holding the trailer path (relative paths: from the dataset root)
+    "encoder": "video",    # name of an entry in `encoders`
+    "fps": 2.0,            # frames sampled per second of trailer
+    "size": 224,           # frames are resized (short side) and centre-cropped to size x size
+    "trim": 0.1,           # drop this fraction of the sampled frames at each end (ratings screens, credits)
+    "min_frames": 1,       # trailers with fewer frames after trimming are reported and left out
+    "clip_frames": 32,     # F: consecutive frames per training clip (shorter trailers are looped)
+    "segments": 10,        # S: evenly spaced clips at evaluation/export (1 = the centre clip); score = max
+    "workers": 2,          # processes decoding trailers when the frame store is built
+})
+register_modality("image", {
+    "column": "images",    # item column holding a list of image paths (or one path)
+    "encoder": "image",
+    "max_images": 4,       # k: the first k images of an item are used
+    "size": 224,
+})
+
+
+# ----------------------------------------------------------------------------------- clips
+def segment_starts(n_frames: int, clip_frames: int, segments: int) -> np.ndarray:
+    """Start frames of S evenly spaced clips; S=1 gives the centre clip."""
+    span = max(n_frames - clip_frames, 0)
+    if segments == 1:
+        return np.asarray([span // 2], dtype=np.int64)
+    return np.round(np.linspace(0, span, segments)).astype(np.int64)
+
+
+def random_start(n_frames: int, clip_frames: int, seed: int) -> int:
+    """A uniform start in [0, T - F] drawn from the sample's seed (0 when the video is short)."""
+    span = max(n_frames - clip_frames, 0)
+    return int(np.random.default_rng(int(seed)).integers(0, span + 1))
+
+
+def clip_indices(n_frames: int, start: int, clip_frames: int) -> np.ndarray:
+    """Frame indices of one clip; k -> k mod T loops a video shorter than the clip."""
+    return (start + np.arange(clip_frames)) % n_frames
+
+
+def resolve_path(value, root: Path | None) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        return None
+    p = Path(str(value))
+    return str(p if p.is_absolute() or root is None else root / p)
+
+
+def _params_key(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class VideoContent:
+    def __init__(self, name: str, store_root: Path, keys: list[str | None], n_frames: np.ndarray,
+                 clip_frames: int, segments: int, frame_size: tuple[int, int], report: dict):
+        self.name = name
+        self.store_root = Path(store_root)
+        self.keys = keys
+        self.n_frames = np.asarray(n_frames, dtype=np.int64)
+        self.present = self.n_frames > 0
+        self.clip_frames, self.segments = int(clip_frames), int(segments)
+        self.frame_size = tuple(frame_size)
+        self.report = report
+        self._store = None
+
+    def __getstate__(self):   # workers open their own store (memory maps)
+        state = dict(self.__dict__)
+        state["_store"] = None
+        return state
+
+    @property
+    def store(self):
+        if self._store is None:
+            from preprocessing.frame_store import FrameStore
+            self._store = FrameStore(self.store_root)
+        return self._store
+
+    def read_clip(self, row: int, start: int) -> np.ndarray:
+        T, F = int(self.n_frames[row]), self.clip_frames
+        if T >= F:
+            return self.store.read(self.keys[row], int(start), F)
+        return self.store.read(self.keys[row], 0, T)[clip_indices(T, 0, F)]
+
+    def collate(self, items: np.ndarray, mode: str = "eval", seeds: np.ndarray | None = None) -> dict:
+        items = np.asarray(items, dtype=np.int64)
+        H, W = self.frame_size
+        F, S = self.clip_frames, self.segments
+        lead = (len(items),) if mode == "train" else (len(items), S)
+        frames = np.zeros(lead + (F, H, W, 3), dtype=np.uint8)
+        for b, row in enumerate(items):
+            T = int(self.n_frames[row])
+            if T == 0:
+                continue      # missing trailer: zeros, flagged absent for the fusion layer
+            if mode == "train":
+                frames[b] = self.read_clip(row, random_start(T, F, seeds[b]))
+            else:
+                for s, start in enumerate(segment_starts(T, F, S)):
+                    frames[b, s] = self.read_clip(row, start)
+        return {"frames": torch.from_numpy(frames), "present": torch.from_numpy(self.present[items])}
+
+
+@register_content("video")
+def build_video_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict) -> VideoContent:
+    """Decode every trailer into the frame store (resumable), then serve clips from it."""
+    from preprocessing.frame_store import FrameStore, build_frame_store
+    column = spec["column"]
+    if column not in ds.items.columns:
+        raise DataError(f"fields.{name}.column: the items table has no column '{column}' "
+                        f"(columns: {list(ds.items.columns)})")
+    params = {k: spec[k] for k in ("fps", "size", "trim", "min_frames")}
+    root = Path(cfg["data"]["cache_dir"]) / "frames" / _params_key(params)
+    paths = [resolve_path(v, ds.root) for v in ds.items[column].tolist()]
+    keys = [trailer_key(p) for p in paths]
+    entries = sorted({(k, p) for k, p in zip(keys, paths) if k is not None})
+    report = build_frame_store(entries, root, fps=float(spec["fps"]), size=int(spec["size"]),
+                               trim=float(spec["trim"]), min_frames=int(spec["min_frames"]),
+                               workers=int(spec["workers"]), progress=bool(cfg["train"].get("progress", True)))
+    store = FrameStore(root)
+    n_frames = np.asarray([store.num_frames(k) if k is not None and k in store else 0 for k in keys])
+    failed = {f["item_id"]: f["reason"] for f in report.get("failures", [])}
+    ids = ds.items["item_id"].astype(str).tolist()
+    absent = {"no trailer listed": [i for i, p in zip(ids, paths) if p is None]}
+    for i, k in zip(ids, keys):
+        if k is not None and k in failed:
+            absent.setdefault(failed[k], []).append(i)
+    summary = {"items": len(ids), "with_frames": int((n_frames > 0).sum()),
+               "absent": {r: {"count": len(v), "examples": v[:5]} for r, v in absent.items() if v},
+               "store": str(root)}
+    assert summary["with_frames"] + sum(len(v) for v in absent.values()) == len(ids), summary
+    return VideoContent(name, root, keys, n_frames, spec["clip_frames"], spec["segments"],
+                        (int(spec["size"]), int(spec["size"])), summary)
+
+
+def trailer_key(path: str | None) -> str | None:
+    """A store key that changes when the file does (path, size, mtime); a missing file keeps its
+    path as key so the store reports it as missing."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return path
+    st = p.stat()
+    return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+# ---------------------------------------------------------------------------------- images
+def load_image(path: str, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: short side resized to `size`, centre crop (torchvision)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.transforms.v2 import functional as TF
+    img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
+    return img.permute(1, 2, 0).numpy()
+
+
+class ImageContent:
+    def __init__(self, name: str, pixels_path: Path, counts: np.ndarray, report: dict):
+        self.name = name
+        self.pixels_path = Path(pixels_path)
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.present = self.counts > 0
+        self.report = report
+        self._pixels = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_pixels"] = None
+        return state
+
+    def collate(self, items: np.ndarray, mode: str = "eval", seeds: np.ndarray | None = None) -> dict:
+        if self._pixels is None:
+            self._pixels = np.load(self.pixels_path, mmap_mode="r")
+        items = np.asarray(items, dtype=np.int64)
+        k = self._pixels.shape[1]
+        mask = np.arange(k)[None, :] < self.counts[items][:, None]
+        return {"images": torch.from_numpy(np.ascontiguousarray(self._pixels[items])),
+                "image_mask": torch.from_numpy(mask), "present": torch.from_numpy(self.present[items])}
+
+
+def _image_list(value) -> list:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    return [v for v in list(value) if isinstance(v, str) and v.strip()]
+
+
+@register_content("image")
+def build_image_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict) -> ImageContent:
+    """Decode each item's first k images once into a cached [items, k, size, size, 3] array.
+    Unreadable or missing images are skipped, counted and named in the field's report."""
+    column, k, size = spec["column"], int(spec["max_images"]), int(spec["size"])
+    if column not in ds.items.columns:
+        raise DataError(f"fields.{name}.column: the items table has no column '{column}' "
+                        f"(columns: {list(ds.items.columns)})")
+    lists = [[resolve_path(p, ds.root) for p in _image_list(v)][:k] for v in ds.items[column].tolist()]
+    h = hashlib.sha256(json.dumps({"k": k, "size": size}).encode())
+    for paths in lists:
+        for p in paths:
+            st = Path(p).stat() if Path(p).exists() else None
+            h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    cache = Path(cfg["data"]["cache_dir"]) / "images" / h.hexdigest()[:20]
+    if (cache / "report.json").exists():
+        report = json.loads((cache / "report.json").read_text())
+        return ImageContent(name, cache / "pixels.npy", np.load(cache / "counts.npy"), report)
+    cache.mkdir(parents=True, exist_ok=True)
+    pixels = np.lib.format.open_memmap(cache / "pixels.tmp.npy", mode="w+", dtype=np.uint8,
+                                       shape=(len(lists), max(k, 1), size, size, 3))
+    counts = np.zeros(len(lists), dtype=np.int64)
+    bad: dict[str, list[str]] = {}
+    ids = ds.items["item_id"].astype(str).tolist()
+    for i, paths in enumerate(lists):
+        for p in paths:
+            try:
+                pixels[i, counts[i]] = load_image(p, size)
+                counts[i] += 1
+            except Exception as e:   # noqa: BLE001 - any unreadable image is skipped and reported
+                reason = "missing" if not Path(p).exists() else f"unreadable ({type(e).__name__})"
+                bad.setdefault(reason, []).append(f"item {ids[i]}: {p}")
+    pixels.flush()
+    del pixels
+    (cache / "pixels.tmp.npy").replace(cache / "pixels.npy")
+    np.save(cache / "counts.npy", counts)
+    n_listed = sum(len(p) for p in lists)
+    report = {"images_listed": n_listed, "images_read": int(counts.sum()),
+              "skipped": {r: {"count": len(v), "examples": v[:5]} for r, v in bad.items()},
+              "items_with_images": int((counts > 0).sum())}
+    assert report["images_read"] + sum(len(v) for v in bad.values()) == n_listed
+    (cache / "report.json").write_text(json.dumps(report, indent=1))
+    return ImageContent(name, cache / "pixels.npy", counts, report)

