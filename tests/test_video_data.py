@@ -118,3 +118,38 @@ def test_video_text_run_on_ml100k_standins_exports_segments(tmp_path, tiny_overr
     for k, v in metrics["test"].items():
         if "@" in k:
             assert res[k] == pytest.approx(v, abs=1e-9), k
+
+
+def test_image_field_reads_stills_and_reports_bad_ones(tmp_path, cache_dir):
+    """Up to k stills per item (news-style) from the synthetic world's `images` column: a missing
+    and an unreadable still are skipped and counted; an item left with none is flagged absent."""
+    import torch
+    from encoders import build_encoder, encoder_defaults
+    from mmrec.data.world import generate_world
+    world = generate_world({"n_items": 40, "n_users": 30, "ratings_per_user": [20, 30], "stills": 2,
+                            "trailer": {"size": 32, "scenes": 2, "informative": 1, "frames_per_scene": 4,
+                                        "fps": 4}}, tmp_path / "world", workers=1, progress=False)
+    (world / "images" / "i0000_0.png").unlink()                    # item i0000: one still missing
+    (world / "images" / "i0001_0.png").write_text("not an image")   # item i0001: both unusable
+    (world / "images" / "i0001_1.png").unlink()
+    cfg = load_config("configs/tiny.yaml", [
+        "data.source=processed", f"data.path={world}", f"data.cache_dir={cache_dir}",
+        "data.min_user_ratings=1", "fields.text.template={title}",
+        "fields.stills.modality=image", "fields.stills.encoder=image", "fields.stills.size=32",
+        "fields.stills.max_images=2", "encoders.image.type=vit", "encoders.image.arch=tiny"])
+    p = prepare(cfg)
+    rep = p.report["fields"]["stills"]
+    assert rep["images_listed"] == 80 and rep["images_read"] == 77
+    assert rep["skipped"]["missing"]["count"] == 2
+    assert sum(v["count"] for k, v in rep["skipped"].items() if k.startswith("unreadable")) == 1
+    ids = p.split.item_ids.astype(str).tolist()
+    rows = np.array([ids.index("i0000"), ids.index("i0001"), ids.index("i0002")])
+    batch = p.collate(rows)["stills"]
+    assert batch["images"].shape == (3, 2, 32, 32, 3)
+    assert batch["image_mask"].tolist() == [[True, False], [False, False], [True, True]]
+    assert batch["present"].tolist() == [True, False, True]
+    from preprocessing.render import render_stills  # noqa: F401  (the stills are real PNGs)
+    from mmrec.data.visual import load_image
+    assert np.array_equal(batch["images"][2, 1].numpy(), load_image(str(world / "images" / "i0002_1.png"), 32))
+    enc = build_encoder({**encoder_defaults({"type": "vit"}), "arch": "tiny"}, 16)
+    assert enc(batch).cls.shape == (3, 16) and torch.isfinite(enc(batch).cls).all()
