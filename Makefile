@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine (see README):
-#   make demo   installs everything into .venv and trains the default MovieLens-100k config
+#   make demo   installs everything into .venv, trains the default MovieLens-100k config (text), then
+#               the tiny video + text demo (stand-in trailers on the same real ratings)
 #   make test   installs everything into .venv and runs the test suite
 PY        ?= python3
 VENV      ?= .venv
@@ -25,6 +26,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/mmrec train
+	$(BIN)/mmrec train --config configs/tiny_video_text.yaml
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -21,7 +21,8 @@ ATTRS = {"colour": "red", "shape": "square", "texture": "solid", "direction": "r
 
 def _decode(path):
     import decord
-    vr = decord.VideoReader(str(path))
+    vr = decord.VideoReader(str(path), num_threads=1)  # 1 thread, like preprocessing (a default reader once
+    # returned different frames for two renders of one item, once, under load)
     return vr.get_batch(list(range(len(vr)))).asnumpy(), vr.get_avg_fps()
 
 
