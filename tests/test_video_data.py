@@ -123,6 +123,7 @@ def test_video_text_run_on_ml100k_standins_exports_segments(tmp_path, tiny_overr
 def test_image_field_reads_stills_and_reports_bad_ones(tmp_path, cache_dir):
     """Up to k stills per item (news-style) from the synthetic world's `images` column: a missing
     and an unreadable still are skipped and counted; an item left with none is flagged absent."""
+    import decord  # noqa: F401  (loaded in any run with a video field; broke torchvision's PNG decoding)
     import torch
     from encoders import build_encoder, encoder_defaults
     from mmrec.data.world import generate_world

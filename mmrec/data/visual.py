@@ -172,12 +172,19 @@ def trailer_key(path: str | None) -> str | None:
 
 # ---------------------------------------------------------------------------------- images
 def load_image(path: str, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: short side resized to `size`, centre crop (torchvision)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2 import functional as TF
-    img = decode_image(read_file(path), mode=ImageReadMode.RGB)
-    img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
-    return img.permute(1, 2, 0).numpy()
+    """uint8 [size, size, 3]: short side resized to `size` (antialiased), centre crop.
+
+    Decoded with Pillow, not torchvision.io: once decord or PyAV is loaded in the process (any
+    run with a video field), torchvision's libpng aborts with "bad parameters to zlib", while
+    Pillow's vendored codecs keep working."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        scale = size / min(im.size)
+        w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+        im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
+        left, top = (w - size) // 2, (h - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)))
 
 
 class ImageContent:
