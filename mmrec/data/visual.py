@@ -73,6 +73,12 @@ def resolve_path(value, root: Path | None) -> str | None:
     return str(p if p.is_absolute() or root is None else root / p)
 
 
+def require_column(ds: MultiModalDataset, field: str, column: str) -> None:
+    if column not in ds.items.columns:
+        raise DataError(f"fields.{field}.column: the items table has no column '{column}' "
+                        f"(columns: {list(ds.items.columns)})")
+
+
 def _params_key(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -131,9 +137,7 @@ def build_video_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict)
     """Decode every trailer into the frame store (resumable), then serve clips from it."""
     from preprocessing.frame_store import FrameStore, build_frame_store
     column = spec["column"]
-    if column not in ds.items.columns:
-        raise DataError(f"fields.{name}.column: the items table has no column '{column}' "
-                        f"(columns: {list(ds.items.columns)})")
+    require_column(ds, name, column)
     params = {k: spec[k] for k in ("fps", "size", "trim", "min_frames")}
     root = Path(cfg["data"]["cache_dir"]) / "frames" / _params_key(params)
     paths = [resolve_path(v, ds.root) for v in ds.items[column].tolist()]
@@ -224,9 +228,7 @@ def build_image_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict)
     """Decode each item's first k images once into a cached [items, k, size, size, 3] array.
     Unreadable or missing images are skipped, counted and named in the field's report."""
     column, k, size = spec["column"], int(spec["max_images"]), int(spec["size"])
-    if column not in ds.items.columns:
-        raise DataError(f"fields.{name}.column: the items table has no column '{column}' "
-                        f"(columns: {list(ds.items.columns)})")
+    require_column(ds, name, column)
     lists = [[resolve_path(p, ds.root) for p in _image_list(v)][:k] for v in ds.items[column].tolist()]
     h = hashlib.sha256(json.dumps({"k": k, "size": size}).encode())
     for paths in lists:

@@ -402,24 +402,14 @@ def _render_all(items: pd.DataFrame, c: dict, out: Path, workers: int, progress:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from mmrec.config import parse_overrides
     p = argparse.ArgumentParser(description="Generate a synthetic rendered-trailer world.")
     p.add_argument("--preset", default="default", choices=list(PRESETS))
     p.add_argument("--out", default=None, help="output directory (default worlds/<preset>)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("overrides", nargs="*", help="key=value (value is JSON, e.g. n_items=200)")
+    p.add_argument("overrides", nargs="*", help="key=value (value is YAML, e.g. n_items=200)")
     a = p.parse_args(argv)
-    cfg: dict = {}
-    for kv in a.overrides:
-        k, _, v = kv.partition("=")
-        try:
-            val = json.loads(v)
-        except json.JSONDecodeError:
-            val = v
-        node = cfg
-        *parents, leaf = k.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = val
+    cfg = parse_overrides(a.overrides)   # key=value, values parsed as YAML (JSON works too)
     print(generate_world(cfg, a.out, a.preset, a.workers))
 
 
