@@ -19,6 +19,7 @@ class ItemOutput:
     v: torch.Tensor
     z: dict[str, torch.Tensor]
     present: dict[str, torch.Tensor]
+    weights: torch.Tensor | None = None   # adaptive fusion: [B(, S), C] per-field weights
 
 
 def _expand_segments(x: torch.Tensor, segments: int, has_segments: bool) -> torch.Tensor:
@@ -49,19 +50,20 @@ class ItemEncoder(nn.Module):
         self.fusion = build_fusion(model_cfg["fusion"], self.field_names, d, D)
 
     def forward(self, content: dict[str, dict]) -> ItemOutput:
-        need_tokens = getattr(self.fusion, "needs_tokens", False)
+        token_fields = set(getattr(self.fusion, "token_fields", ()))
         outputs: dict[str, EncoderOutput] = {}
         present: dict[str, torch.Tensor] = {}
         segments = {}
         for name in self.field_names:
             inputs = content[name]
-            outputs[name] = self.encoders[self.field_encoder[name]](inputs, need_tokens=need_tokens)
+            outputs[name] = self.encoders[self.field_encoder[name]](inputs, need_tokens=name in token_fields)
             present[name] = inputs["present"].bool()
             if outputs[name].cls.dim() == 3:  # [B, S, d]
                 segments[name] = outputs[name].cls.shape[1]
         z = {n: o.cls for n, o in outputs.items()}
         if not segments:
-            return ItemOutput(self.fusion(outputs, present), z, present)
+            v = self.fusion(outputs, present)
+            return ItemOutput(v, z, present, self._weights(len(v)))
         S = max(segments.values())
         B = present[self.field_names[0]].shape[0]
         flat = {n: EncoderOutput(_expand_segments(o.cls, S, n in segments),
@@ -70,4 +72,9 @@ class ItemEncoder(nn.Module):
                 for n, o in outputs.items()}
         flat_present = {n: p.repeat_interleave(S) for n, p in present.items()}
         v = self.fusion(flat, flat_present)
-        return ItemOutput(v.view(B, S, -1), z, present)
+        w = self._weights(B * S)
+        return ItemOutput(v.view(B, S, -1), z, present, None if w is None else w.view(B, S, -1))
+
+    def _weights(self, n: int) -> torch.Tensor | None:
+        w = getattr(self.fusion, "last_weights", None)
+        return w if w is not None and len(w) == n else None

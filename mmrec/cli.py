@@ -92,6 +92,13 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from mmrec.plots import plot_run
+    report = plot_run(args.run_dir, args.color_by, args.user, args.out)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmrec", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", default="ndcg@10,recall@10,precision@10")
     sp.add_argument("--part", choices=["val", "test"], default="test")
     sp.set_defaults(fn=cmd_sweep)
+    sp = sub.add_parser("plot", help="t-SNE of item vectors, training curves, one user's similarities (PNG)")
+    sp.add_argument("run_dir")
+    sp.add_argument("--color-by", help="item column for the t-SNE colours (default: genres / attr_colour)")
+    sp.add_argument("--user", help="user id for the similarity plot (default: the test user with most cold positives)")
+    sp.add_argument("--out", help="output folder (default RUN_DIR/plots)")
+    sp.set_defaults(fn=cmd_plot)
     return p
 
 

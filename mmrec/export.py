@@ -90,8 +90,8 @@ def export(run_dir: str | Path, items_path: str | Path, out_dir: str | Path | No
         content = build_content(cfg, ds)
     keep = np.stack([c.present for c in content.values()], axis=1).any(axis=1)
     rows = np.flatnonzero(keep)
-    V = encode_items(model, None, rows, batch_size, acc.device, acc.autocast,
-                     collate=lambda r, mode: collate_items(content, r, mode))
+    V, W = encode_items(model, None, rows, batch_size, acc.device, acc.autocast,
+                        collate=lambda r, mode: collate_items(content, r, mode), with_weights=True)
     if len(rows) == 0:
         V = torch.zeros(0, int(cfg["model"]["dim"]))
     U = user_vectors(model, split.n_users, acc.device)
@@ -103,6 +103,11 @@ def export(run_dir: str | Path, items_path: str | Path, out_dir: str | Path | No
         pd.DataFrame({"item_id": ids, "embedding": list(V.flatten(1).numpy())}).to_parquet(
             out / "item_embeddings.parquet", index=False)
         np.save(out / "user_embeddings.npy", U.numpy())
+        if W is not None:   # adaptive fusion: which field mattered for each item
+            w = W.mean(1) if W.dim() == 3 else W          # segments: their mean weight
+            table = pd.DataFrame(w.numpy(), columns=list(model.item_encoder.field_names))
+            table.insert(0, "item_id", ids)
+            table.to_csv(out / "fusion_weights.csv", index=False)
         (out / "user_ids.txt").write_text("".join(f"{u}\n" for u in split.user_ids))
         report = {"run": str(run_dir), "items_file": str(items_path), "items_read": int(len(items)),
                   "items_exported": int(len(rows)), "items_skipped_no_content": int((~keep).sum()),

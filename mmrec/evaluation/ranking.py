@@ -30,10 +30,11 @@ def move_to(obj, device):
 
 @torch.no_grad()
 def encode_items(model, prepared, items: np.ndarray, batch_size: int, device="cpu", autocast=None,
-                 progress: bool = False, collate=None) -> torch.Tensor:
+                 progress: bool = False, collate=None, with_weights: bool = False):
     """Item vectors [N, D] (or [N, S, D] for segment inference), float32 on the CPU.
 
-    `collate(items, mode)` builds model inputs (default: the prepared data's providers)."""
+    `collate(items, mode)` builds model inputs (default: the prepared data's providers).
+    `with_weights`: return (vectors, adaptive-fusion weights [N(, S), C] or None)."""
     items = np.asarray(items, dtype=np.int64)
     collate = collate or prepared.collate
     n_batches = -(-len(items) // batch_size)
@@ -41,17 +42,27 @@ def encode_items(model, prepared, items: np.ndarray, batch_size: int, device="cp
     mine = list(range(first, stop))
     pad = per - len(mine)
     mine += [mine[-1] if mine else max(n_batches - 1, 0)] * pad if n_batches else []
-    outs, tail = [], None
+    outs, wouts, tail = [], [], None
     ctx = autocast or nullcontext
     for j, b in enumerate(tqdm(mine, desc="encode items", disable=not progress, leave=False)):
         content = move_to(collate(items[b * batch_size:(b + 1) * batch_size], "eval"), device)
         with ctx():
-            v = model.item_vectors(content).float().cpu()
+            if with_weights and hasattr(model, "item_vectors_and_weights"):
+                v, w = model.item_vectors_and_weights(content)
+            else:
+                v, w = model.item_vectors(content), None
+        v = v.float().cpu()
         tail = tuple(v.shape[1:])
         if j < len(mine) - pad:          # padding batches only keep the ranks in step
             outs.append(v)
+            if w is not None:
+                wouts.append(w.float().cpu())
     local = torch.cat(outs) if outs else torch.zeros((0,) + (tail or ()))
-    return gather_varlen(local, device)
+    V = gather_varlen(local, device)
+    if not with_weights:
+        return V
+    W = gather_varlen(torch.cat(wouts), device) if wouts and len(wouts) == len(outs) else None
+    return V, W
 
 
 @torch.no_grad()

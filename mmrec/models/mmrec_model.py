@@ -54,6 +54,10 @@ class MMRecModel(nn.Module):
             loss_m = self.alignment_loss(z, present, batch["item_idx"])
             losses["loss_align"] = loss_m.detach()
             loss = loss + self.alignment_weight * loss_m
+        if out.weights is not None:   # adaptive fusion: which field mattered, logged per step
+            mean_w = out.weights[slot].float().mean(0)
+            for c, n in enumerate(names):
+                losses[f"fusion_weight/{n}"] = mean_w[c].detach()
         losses["loss"] = loss
         return losses
 
@@ -62,3 +66,8 @@ class MMRecModel(nn.Module):
 
     def item_vectors(self, content: dict) -> torch.Tensor:
         return self.item_encoder(content).v
+
+    def item_vectors_and_weights(self, content: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Item vectors and, for adaptive fusion, the per-field weights [N(, S), C]."""
+        out = self.item_encoder(content)
+        return out.v, out.weights

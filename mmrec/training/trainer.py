@@ -185,7 +185,7 @@ class Trainer:
         self.scheduler = make_scheduler(raw_optimizer, self.steps_per_epoch, tc)
         acc.register_for_checkpointing(self.scheduler)
         self.state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_epoch": None,
-                      "val": None, "test": None, "history": []}
+                      "val": None, "test": None, "history": [], "epoch_sums": {}}
         if self.resume:
             ckpt = latest_checkpoint(run_dir)
             if ckpt is None:
@@ -259,8 +259,11 @@ class Trainer:
                     self.optimizer.zero_grad()
                 st["batch"] += 1
                 bar.update(1)
+                sums = st.setdefault("epoch_sums", {})   # epoch means of the training losses -> history
                 for k, v in losses.items():
                     running[k] = running.get(k, 0.0) + float(v.detach())
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["_n"] = sums.get("_n", 0) + 1
                 n_running += 1
                 if not acc.sync_gradients:
                     continue
@@ -279,6 +282,10 @@ class Trainer:
             self.train_seconds += time.perf_counter() - t_loop
             st["epoch"], st["batch"] = epoch + 1, 0
             record = {"epoch": epoch + 1, "step": st["step"], "time_s": round(time.time() - t0, 1)}
+            sums = st.pop("epoch_sums", {}) or {}
+            st["epoch_sums"] = {}
+            if sums.get("_n"):   # this process's batches (the loss is already the global batch's)
+                record["train"] = {k: v / sums["_n"] for k, v in sums.items() if k != "_n"}
             if (epoch + 1) % int(cfg["eval"]["every_epochs"]) == 0 or epoch + 1 == epochs:
                 val = self.evaluate("val")
                 record["val"] = val

@@ -1,0 +1,87 @@
+"""`mmrec sweep`: grid cells x seeds, resumed where it stopped, summarised as mean ± std.
+
+The runs are stood in for by a fake launcher (a tiny script writing metrics.json), so the test
+checks the sweep's own logic: which runs it starts, with which arguments, and the table."""
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from mmrec.sweep import grid_cells, sweep
+
+FAKE = textwrap.dedent('''
+    import json, os, sys
+    from pathlib import Path
+    args = sys.argv[2:]
+    kv = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    log = Path(os.environ["FAKE_LOG"])
+    with log.open("a") as f:
+        f.write(json.dumps(args) + "\\n")
+    if "--resume" in args:
+        run = Path(args[args.index("--resume") + 1]); kv = json.loads((run / "config.json").read_text())
+    else:
+        run = Path(kv["run_dir"]); run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(kv))
+    if os.environ.get("FAKE_FAIL") == kv["run_dir"]:
+        (run / "checkpoints").mkdir(exist_ok=True); (run / "config.yaml").write_text("x")
+        sys.exit(3)
+    lam, seed = float(kv["loss.alignment_weight"]), int(kv["seed"])
+    m = {"test": {"ndcg@10": lam + seed / 100, "recall@10": 0.5},
+         "baselines": {"random": {"test": {"ndcg@10": 0.01 * (seed + 1), "recall@10": 0.1}}}}
+    (run / "metrics.json").write_text(json.dumps(m))
+''')
+
+
+@pytest.fixture
+def launcher(tmp_path, monkeypatch):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.log"))
+    return [sys.executable, str(script)]
+
+
+def calls(tmp_path):
+    path = tmp_path / "calls.log"
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sweep_resumes_where_it_stopped_and_tabulates_mean_std(tmp_path, launcher, monkeypatch):
+    out = tmp_path / "sw"
+    grid = {"loss.alignment_weight": [0.0, 0.5]}
+    monkeypatch.setenv("FAKE_FAIL", str(out / "alignment_weight=0.5" / "seed-1"))
+    with pytest.raises(RuntimeError, match="run failed"):
+        sweep("configs/tiny.yaml", out, [0, 1, 2], grid, ["train.epochs=1"], launcher=launcher)
+    first = calls(tmp_path)
+    assert len(first) == 5          # 3 seeds of cell 1, then seeds 0 and 1 of cell 2 (failed)
+    monkeypatch.delenv("FAKE_FAIL")
+    text = sweep("configs/tiny.yaml", out, [0, 1, 2], grid, ["train.epochs=1"], launcher=launcher)
+    again = calls(tmp_path)[5:]
+    # only the unfinished runs: the interrupted one resumes from its checkpoint, seed 2 starts
+    assert [("--resume" in a, a[-3] if "--resume" not in a else a[a.index("--resume") + 1]) for a in again] == [
+        (True, str(out / "alignment_weight=0.5" / "seed-1")),
+        (False, "split.seed=2")]
+    fresh = again[1]
+    assert "--config" in fresh and "train.epochs=1" in fresh and "loss.alignment_weight=0.5" in fresh
+    assert "seed=2" in fresh and f"run_dir={out / 'alignment_weight=0.5' / 'seed-2'}" in fresh
+    # a third call runs nothing
+    sweep("configs/tiny.yaml", out, [0, 1, 2], grid, ["train.epochs=1"], launcher=launcher)
+    assert len(calls(tmp_path)) == 7
+
+    rows = {l.split("|")[1].strip(): l.split("|")[2:-1] for l in text.splitlines() if l.startswith("| ")}
+    v = np.array([0.5, 0.51, 0.52]) * 100
+    assert rows["alignment_weight=0.5"][0].strip() == "3"
+    assert rows["alignment_weight=0.5"][1].strip() == f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+    r = np.array([1, 2, 3.0])
+    assert rows["baseline: random"][1].strip() == f"{r.mean():.2f} ± {r.std(ddof=1):.2f}"
+    assert (out / "results.md").read_text() == text
+
+
+def test_grid_cells_product_and_hand_picked_cells():
+    cells = grid_cells({"model.fusion.type": ["late", "early"], "model.dim": [32, 64]})
+    assert [n for n, _ in cells] == ["type=late,dim=32", "type=late,dim=64", "type=early,dim=32",
+                                     "type=early,dim=64"]
+    assert cells[2][1] == {"model.fusion.type": "early", "model.dim": 32}
+    hand = grid_cells({"cells": [{"name": "video only", "set": {"fields.synopsis": None}}]})
+    assert hand == [("video only", {"fields.synopsis": None})]
