@@ -99,6 +99,22 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_extract_features(args) -> int:
+    from mmrec.features import extract_features
+    layout = {}
+    for item in args.feat or []:
+        letter, _, names = item.partition("=")
+        layout[letter.strip()] = [n for n in names.split(",") if n]
+    report = extract_features(_config(args), args.out, text=args.text, pooling=args.pooling,
+                              run=args.run, run_fields=args.run_fields.split(",") if args.run_fields else None,
+                              timm_model=args.timm_model, timm_weights=args.timm_weights,
+                              timm_field=args.timm_field, multihot=args.multihot,
+                              clcrec_layout=args.clcrec_layout, layout_map=layout or None,
+                              warm_holdout=args.warm_holdout)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmrec", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--user", help="user id for the similarity plot (default: the test user with most cold positives)")
     sp.add_argument("--out", help="output folder (default RUN_DIR/plots)")
     sp.set_defaults(fn=cmd_plot)
+    sp = with_config(sub.add_parser("extract-features", help="per-item features from frozen encoders "
+                                    "(.npy + item_ids.txt), optionally in the official CLCRec layout"))
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--text", action="store_true", help="each text field through its frozen pretrained BERT")
+    sp.add_argument("--pooling", choices=["mean", "cls"], help="BERT pooling (default: the encoder's)")
+    sp.add_argument("--run", metavar="RUN_DIR", help="a trained mmrec run: its per-field encodings z")
+    sp.add_argument("--run-fields", help="comma-separated fields of --run (default: all)")
+    sp.add_argument("--timm-model", help="a timm architecture name, applied to stills / centre frames")
+    sp.add_argument("--timm-weights", help="local weights file for --timm-model (.safetensors or .pth)")
+    sp.add_argument("--timm-field", help="the config's image or video field to read (default: the first)")
+    sp.add_argument("--multihot", nargs="+", metavar="COLUMN", help="item columns of categories, multi-hot")
+    sp.add_argument("--clcrec-layout", action="store_true", help="also write OUT/clcrec/ (official CLCRec files)")
+    sp.add_argument("--feat", action="append", metavar="t=NAME[,NAME]",
+                    help="which feature sets make feat_t / feat_v / feat_a (default: text -> t, visual -> v)")
+    sp.add_argument("--warm-holdout", type=float, default=0.0,
+                    help="official layout: move this fraction of training interactions to val_warm/test_warm")
+    sp.set_defaults(fn=cmd_extract_features)
     return p
 
 

@@ -67,6 +67,7 @@ def _ensure_registries_loaded() -> None:
     import encoders  # noqa: F401
     import mmrec.data.fields  # noqa: F401
     import mmrec.data.visual  # noqa: F401  (video and image modalities)
+    import mmrec.features  # noqa: F401  (precomputed `features` modality)
 
 
 def load_yaml(path: str | Path) -> dict:
