@@ -231,3 +231,28 @@ def test_extract_cli_writes_official_layout(genre_dir, cache_dir, tmp_path):
     np.testing.assert_array_equal(back.features["t"], x[[ids.index(i) for i in want.item_ids]])
     assert main(["extract-features", "--config", "configs/tiny.yaml", "--out", str(out), "--timm-model",
                  "test_vit"] + tiny_overrides(genre_dir, cache_dir)) == 2      # no weights: a clear error
+
+
+def test_run_encoder_features(genre_dir, cache_dir, tmp_path):
+    """A trained mmrec run's per-field encodings z, item by item, as the run's own encoder gives them."""
+    from mmrec.data.content import collate_items
+    from mmrec.data.pipeline import build_content
+    from mmrec.data.tables import DataError, MultiModalDataset
+    from mmrec.export import load_trained
+    from mmrec.features import extract_features
+    from mmrec.training.trainer import train
+    cfg = _cfg(genre_dir, cache_dir, ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16",
+                                      "eval.baselines=[]", f"run_dir={tmp_path / 'run'}"])
+    run_dir, _ = train(cfg)
+    out = tmp_path / "f"
+    extract_features(cfg, out, run=str(run_dir))
+    x = np.load(out / "run_text.npy")
+    rcfg, _, model = load_trained(run_dir)
+    ds = MultiModalDataset.load(genre_dir)
+    content = build_content(rcfg, ds)
+    with torch.no_grad():
+        want = model.item_encoder(collate_items(content, np.array([4, 9]), "eval")).z["text"].numpy()
+    np.testing.assert_allclose(x[[4, 9]], want, atol=1e-5)
+    assert x.shape == (len(ds.items), rcfg["model"]["token_dim"])
+    with pytest.raises(DataError, match="are not fields of"):
+        extract_features(cfg, out, run=str(run_dir), run_fields=["trailer"])
