@@ -85,3 +85,21 @@ def test_grid_cells_product_and_hand_picked_cells():
     assert cells[2][1] == {"model.fusion.type": "early", "model.dim": 32}
     hand = grid_cells({"cells": [{"name": "video only", "set": {"fields.synopsis": None}}]})
     assert hand == [("video only", {"fields.synopsis": None})]
+
+
+def test_ablate_shares_runs_between_tables_when_the_resolved_configs_are_equal():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ablate", "scripts/ablate.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    tables, folders = ablate.plan(["modality", "fusion"], "configs/ml100k_fusion.yaml", [])
+    fusion = dict(tables["fusion"])
+    # base config = late fusion with 2 FC layers: that row IS the modality table's video + text run
+    assert fusion["late-2fc"] == dict(tables["modality"])["video+text"]
+    assert len(folders) == 3 + 4
+    assert folders["video-only"] == {"fields.text": None}
+    # with an override making the base early fusion, the late-2fc row is no longer shared
+    tables, folders = ablate.plan(["modality", "fusion"], "configs/ml100k_fusion.yaml",
+                                  ["model.fusion.type=early", "model.fusion.fc_layers=1"])
+    assert dict(tables["fusion"])["late-2fc"] != dict(tables["modality"])["video+text"]
+    assert dict(tables["fusion"])["early"] == dict(tables["modality"])["video+text"]
