@@ -22,9 +22,9 @@ from encoders.registry import register_encoder
 
 ARCHS = {
     "paper": {"img_size": 224, "patch_size": 16, "width": 192, "depth": 4, "heads": 3,
-              "temporal_depth": 4, "temporal_heads": 3, "max_frames": 64},
+              "temporal_depth": 4, "temporal_heads": 3, "max_frames": 64, "tubelet": 1},
     "tiny": {"img_size": 32, "patch_size": 8, "width": 64, "depth": 2, "heads": 2,
-             "temporal_depth": 2, "temporal_heads": 2, "max_frames": 64},
+             "temporal_depth": 2, "temporal_heads": 2, "max_frames": 64, "tubelet": 1},
 }
 SIZE_KEYS = tuple(ARCHS["paper"])
 
@@ -78,20 +78,24 @@ class TokenTransformer(nn.Module):
 
 
 class FrameEncoder(nn.Module):
-    """ViT over one image: uint8 [N, H, W, 3] -> tokens [N, 1 + patches, width]."""
+    """ViT over one image: uint8 [N, H, W, 3] -> tokens [N, 1 + patches, width].
 
-    def __init__(self, sizes: dict, spec: dict):
+    With `tubelet` t > 1 the input is t consecutive frames stacked on the channel axis
+    ([N, H, W, 3t]), and each token embeds a t x P x P tubelet (ViViT's tubelet embedding)."""
+
+    def __init__(self, sizes: dict, spec: dict, tubelet: int = 1):
         super().__init__()
         self.img_size = int(sizes["img_size"])
-        self.patch = PatchEmbed(self.img_size, int(sizes["patch_size"]), 3, int(sizes["width"]))
+        self.tubelet = int(tubelet)
+        self.patch = PatchEmbed(self.img_size, int(sizes["patch_size"]), 3 * self.tubelet, int(sizes["width"]))
         self.transformer = TokenTransformer(self.patch.num_patches, int(sizes["width"]),
                                             int(sizes["depth"]), int(sizes["heads"]),
                                             float(spec["mlp_ratio"]), float(spec["drop_path"]),
                                             bool(spec["cls_token"]))
-        self.register_buffer("mean", torch.tensor(spec["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255,
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(spec["pixel_std"], dtype=torch.float32).view(1, 3, 1, 1) * 255,
-                             persistent=False)
+        self.register_buffer("mean", torch.tensor(spec["pixel_mean"] * self.tubelet, dtype=torch.float32)
+                             .view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(spec["pixel_std"] * self.tubelet, dtype=torch.float32)
+                             .view(1, -1, 1, 1) * 255, persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.shape[1:3] != (self.img_size, self.img_size):
@@ -157,13 +161,16 @@ class ViViTVideoEncoder(nn.Module):
     (inference: S segments); the aggregate is [B, d] or [B, S, d] accordingly."""
 
     DEFAULTS = {**VISION_DEFAULTS, "temporal": "transformer",
-                **{k: None for k in ("temporal_depth", "temporal_heads", "max_frames")},
+                **{k: None for k in ("temporal_depth", "temporal_heads", "max_frames", "tubelet")},
                 "frame_chunk": 0}   # encode at most this many frames per ViT call (0: all at once)
 
     def __init__(self, spec: dict, token_dim: int):
         super().__init__()
         sizes = resolve_arch(spec)
-        self.frames = FrameEncoder(sizes, spec)
+        self.tubelet = int(sizes["tubelet"])
+        if self.tubelet < 1:
+            raise ValueError(f"encoders: vivit tubelet must be >= 1, got {self.tubelet}")
+        self.frames = FrameEncoder(sizes, spec, self.tubelet)
         self.temporal_mode = spec["temporal"]
         if self.temporal_mode not in ("transformer", "mean"):
             raise ValueError(f"encoders: vivit temporal must be 'transformer' or 'mean', got {self.temporal_mode!r}")
@@ -182,7 +189,8 @@ class ViViTVideoEncoder(nn.Module):
             self.temporal.grad_checkpointing = enable
 
     def frame_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> [N, width] per-frame [CLS], in chunks to bound activation memory."""
+        """uint8 [N, H, W, 3t] -> [N, width] per-frame (per-tubelet) [CLS], in chunks to bound
+        activation memory."""
         step = self.frame_chunk or len(pixels)
         return torch.cat([self.frames.pool(self.frames(pixels[i:i + step]))
                           for i in range(0, len(pixels), step)])
@@ -191,8 +199,15 @@ class ViViTVideoEncoder(nn.Module):
         frames = inputs["frames"]
         lead = frames.shape[:-4]                        # (B,) or (B, S)
         F = frames.shape[-4]
+        t = self.tubelet
+        if F % t:
+            raise ValueError(f"clips of {F} frames do not split into tubelets of {t} frames: "
+                             f"make the field's clip_frames a multiple of the encoder's tubelet")
         clips = frames.reshape(-1, *frames.shape[-4:])  # [N, F, H, W, 3]
-        per_frame = self.frame_vectors(clips.flatten(0, 1)).view(len(clips), F, -1)
+        H, W = clips.shape[2:4]
+        # [N, F/t, t, H, W, 3] -> [N * F/t, H, W, t * 3]: each tubelet's frames side by side on channels
+        tubes = clips.view(len(clips), F // t, t, H, W, 3).permute(0, 1, 3, 4, 2, 5).reshape(-1, H, W, 3 * t)
+        per_frame = self.frame_vectors(tubes).view(len(clips), F // t, -1)
         if self.temporal is None:
             tokens = per_frame
             pooled = per_frame.mean(dim=1)

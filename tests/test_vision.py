@@ -153,3 +153,25 @@ def test_item_encoder_segments_and_segment_max_score():
     # the max really picks per (user, item): some pair's best segment is not segment 0
     best = torch.stack([users @ p.T for p in per]).argmax(0)
     assert (best != 0).any()
+
+
+# ------------------------------------------------------------------ tubelet embedding
+def test_tubelets_embed_consecutive_frames_together():
+    """tubelet=2: each token sees frames (2k, 2k+1) stacked on channels; the temporal stage gets
+    F/2 tokens. Checked against the same modules applied by hand."""
+    torch.manual_seed(0)
+    enc = build_encoder(tiny("vivit", tubelet=2), 16).eval()
+    assert enc.frames.patch.proj.in_channels == 6
+    x = frames(2, f=6)
+    with torch.no_grad():
+        got = enc({"frames": x}).cls
+        pairs = torch.cat([x[:, 0::2], x[:, 1::2]], dim=-1)          # [2, 3, H, W, 6]
+        per = torch.stack([enc.frames.pool(enc.frames(pairs[:, k])) for k in range(3)], dim=1)
+        want = enc.proj(enc.temporal.pool(enc.temporal(per)))
+        swapped = x.clone()
+        swapped[:, [0, 1]] = x[:, [1, 0]]                            # order inside a tubelet
+        other = enc({"frames": swapped}).cls
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, other, atol=1e-4)
+    with pytest.raises(ValueError, match="tubelet"):
+        enc({"frames": frames(1, f=5)})
