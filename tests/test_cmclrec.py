@@ -204,6 +204,11 @@ def test_end_to_end_run_directory(synthetic_runs):
     assert set(on_disk["baselines"]) == {"random", "popularity"}
     hist = [json.loads(l) for l in (run_dir / "history.jsonl").read_text().splitlines()]
     assert on_disk["best_epoch"] == max((r for r in hist if "val" in r), key=lambda r: r["val"]["ndcg@20"])["epoch"]
+    # `mmrec evaluate` reloads the best model and the saved split and gets the same numbers
+    from mmrec.export import evaluate_run
+    again = evaluate_run(run_dir, ("test",))
+    assert again["test"]["cold/ndcg@20"] == pytest.approx(t["cold/ndcg@20"], abs=1e-9)
+    assert again["test"]["warm/recall@20"] == pytest.approx(t["warm/recall@20"], abs=1e-9)
 
 
 def test_cmclrec_learns_cold_users_from_features(synthetic_runs):

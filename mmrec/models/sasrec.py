@@ -242,6 +242,25 @@ class SASRecModel(nn.Module):
     def baselines(self, cfg: dict, prepared: SequenceData, device="cpu") -> dict:
         return sequence_baselines(cfg, prepared.split)
 
+    @classmethod
+    def evaluate_run(cls, run_dir, parts=("val", "test"), overrides: list[str] | None = None) -> dict:
+        """`mmrec evaluate RUN_DIR`: the best model on the run's saved user split."""
+        from safetensors.torch import load_file
+
+        from mmrec.config import load_config
+        run_dir = Path(run_dir)
+        weights = run_dir / "model" / "model.safetensors"
+        if not weights.exists():
+            raise FileNotFoundError(f"{run_dir}: no trained model (model/model.safetensors); train first")
+        cfg = load_config(run_dir / "config.yaml", overrides)
+        prepared = prepare_sequences(cfg, UserSplit.load(run_dir / "split.npz"))
+        model = cls.build(cfg, prepared)
+        model.load_state_dict(load_file(str(weights)))
+        model.eval()
+        out = {part: model.evaluate_part(prepared, part, cfg["eval"]) for part in parts}
+        (run_dir / "evaluation.json").write_text(json.dumps(out, indent=1))
+        return out
+
     # model --------------------------------------------------------------------------------
     def user_states(self, users: np.ndarray, device="cpu") -> torch.Tensor:
         """[len(users), d]: the last position's state; cold users have an all-padding input."""
