@@ -1,4 +1,4 @@
-"""`mmrec preprocess | train | evaluate | export | sweep`: each takes `--config FILE` and `key=value`
+"""`mmrec preprocess | train | transfer | evaluate | export | sweep`: each takes `--config FILE` and `key=value`
 overrides (see configs/base.yaml for every key). `mmrec train` with no config runs the default
 MovieLens-100k configuration (configs/ml100k.yaml)."""
 from __future__ import annotations
@@ -51,6 +51,16 @@ def cmd_train(args) -> int:
     from mmrec.training.trainer import load_run_config, train
     cfg = load_run_config(args.resume, args.overrides) if args.resume else _config(args)
     run_dir, metrics = train(cfg, args.resume)
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from mmrec.config import load_config
+    from mmrec.training.trainer import train
+    from mmrec.transfer import transfer_overrides
+    extra = transfer_overrides(args.from_run, args.mode, args.encoder_lr_scale)
+    cfg = load_config(args.config, list(args.overrides) + extra)
+    train(cfg)
     return 0
 
 
@@ -131,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("train", help="train (or --resume) a model"))
     sp.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     sp.set_defaults(fn=cmd_train)
+    sp = sub.add_parser("transfer", help="train on dataset B starting from a run's item encoder "
+                        "(trained on dataset A); `mmrec train --resume` continues it")
+    sp.add_argument("--from", dest="from_run", required=True, metavar="RUN_DIR",
+                    help="finished run on dataset A (its model/model.safetensors)")
+    sp.add_argument("--config", required=True, help="config for dataset B; fields, encoders and "
+                    "model must give the same item tower as the source run's")
+    sp.add_argument("--mode", choices=["frozen", "finetune"], required=True,
+                    help="frozen: only B's user embeddings learn; finetune: the item encoder learns too")
+    sp.add_argument("--encoder-lr-scale", type=float, metavar="X",
+                    help="finetune: the item encoder's LR is X times train.lr (train.lr_scale.item_encoder)")
+    sp.add_argument("overrides", nargs="*", help="key.sub=value overrides for B's config")
+    sp.set_defaults(fn=cmd_transfer)
     sp = sub.add_parser("evaluate", help="re-evaluate a run's best model")
     sp.add_argument("run_dir")
     sp.add_argument("--split", choices=["val", "test", "both"], default="both")

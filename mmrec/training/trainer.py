@@ -31,6 +31,7 @@ from mmrec.evaluation.ranking import evaluate_model_part
 from mmrec.models import build_model
 from mmrec.training.checkpoint import latest_checkpoint, replace_dir, save_checkpoint
 from mmrec.training.schedule import make_scheduler
+from mmrec.transfer import apply_transfer, frozen_eval
 
 log = logging.getLogger("mmrec")
 
@@ -163,6 +164,9 @@ class Trainer:
 
         tc = cfg["train"]
         self.model = build_model(cfg, self.prepared)
+        # `transfer`: another run's item tower, loaded (not on resume: the checkpoint has it) and
+        # maybe frozen before the optimizer sees the parameters.
+        self.transfer = apply_transfer(self.model, cfg, load=not self.resume)
         dataset, collate = self.model.train_data(self.prepared)
         if len(dataset) < tc["batch_size"] * acc.num_processes:
             raise ConfigError(f"train.batch_size={tc['batch_size']} x {acc.num_processes} processes "
@@ -242,6 +246,7 @@ class Trainer:
             skip = st["batch"]
             loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
             self.model.train()
+            frozen_eval(acc.unwrap_model(self.model), cfg)
             bar = tqdm(total=self.batches_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not (acc.is_main_process and tc["progress"]), dynamic_ncols=True)
             running, n_running = {}, 0
@@ -331,6 +336,8 @@ class Trainer:
                    "best_epoch": st["best_epoch"], "select_metric": self.cfg["eval"]["select_metric"],
                    "split": self.prepared.split.stats, "history": st["history"],
                    "resources": self.resources()}
+        if self.transfer:
+            metrics["transfer"] = self.transfer
         if acc.is_main_process:
             tmp = self.run_dir / "metrics.json.tmp"
             tmp.write_text(json.dumps(metrics, indent=1))

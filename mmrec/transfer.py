@@ -1,0 +1,122 @@
+"""Transfer of a trained item tower from one dataset to another (KDD'24 Sec. 6.5, Table 9).
+
+A run trained on dataset A holds its content encoders and fusion under `item_encoder.*` in
+model/model.safetensors. A run on dataset B with `transfer.from_run: A` starts its item tower
+from those weights; B's users are all new, so B's user embeddings start fresh. Two modes:
+
+- frozen (`transfer.freeze_item_encoder: true`): every `item_encoder.*` parameter has
+  requires_grad False and is not in the optimizer, and the tower runs in eval mode (no dropout),
+  so item vectors are fixed features of the content; only B's user embeddings learn;
+- fine-tuned: the tower trains on B too, at `train.lr_scale: {item_encoder: X}` times the LR.
+
+`mmrec transfer --from A --config B.yaml --mode frozen|finetune [--encoder-lr-scale X]` sets
+these keys and trains with the ordinary trainer, so `mmrec train --resume` continues a transfer
+run like any other (the weights then come from the run's own checkpoint, not from A).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mmrec.config import ConfigError
+
+PREFIX = "item_encoder."
+
+
+def source_item_state(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The `item_encoder.*` tensors of a finished run's best model, keys without the prefix."""
+    from safetensors.torch import load_file
+    run_dir = Path(run_dir)
+    weights = run_dir / "model" / "model.safetensors"
+    if not weights.exists():
+        raise ConfigError(f"transfer.from_run: {run_dir} has no trained model ({weights} is missing); "
+                          f"train it to the end first")
+    state = load_file(str(weights))
+    item = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    if not item:
+        head = _source_config(run_dir).get("head", "?")
+        raise ConfigError(f"transfer.from_run: {weights} has no '{PREFIX}*' weights (head '{head}'); "
+                          f"only runs of the end-to-end 'mmrec' head have a content item tower")
+    return item
+
+
+def _source_config(run_dir: Path) -> dict:
+    import yaml
+    p = run_dir / "config.yaml"
+    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
+
+
+def load_item_encoder(model: torch.nn.Module, run_dir: str | Path) -> int:
+    """Copy A's item tower into `model.item_encoder`; every tensor must exist on both sides with
+    the same shape, else a ConfigError lists the differences. Returns the number of tensors."""
+    encoder = getattr(model, "item_encoder", None)
+    if encoder is None:
+        raise ConfigError(f"transfer.from_run: this run's head ({type(model).__name__}) has no item_encoder "
+                          f"to load into; transfer needs head: mmrec")
+    src = source_item_state(run_dir)
+    dst = encoder.state_dict()
+    missing = sorted(set(dst) - set(src))
+    unexpected = sorted(set(src) - set(dst))
+    shapes = [(k, tuple(src[k].shape), tuple(dst[k].shape)) for k in sorted(set(src) & set(dst))
+              if src[k].shape != dst[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"transfer.from_run: the item encoder of {run_dir} does not fit this config's "
+                 f"(fields, encoders and model.dim / model.token_dim / model.fusion must equal the source run's):"]
+        lines += [f"  {PREFIX}{k}: source {a}, this config {b}" for k, a, b in shapes[:10]]
+        if missing:
+            lines.append(f"  only in this config ({len(missing)}): " + ", ".join(PREFIX + k for k in missing[:6]))
+        if unexpected:
+            lines.append(f"  only in the source run ({len(unexpected)}): " + ", ".join(PREFIX + k for k in unexpected[:6]))
+        raise ConfigError("\n".join(lines))
+    with torch.no_grad():
+        for k, t in dst.items():
+            t.copy_(src[k].to(t.dtype))
+    return len(src)
+
+
+def apply_transfer(model: torch.nn.Module, cfg: dict, load: bool = True) -> dict | None:
+    """The trainer's hook, before the optimizer is built: load A's tower (unless resuming, where
+    the checkpoint restores it) and freeze it if asked. Returns what to record in metrics.json."""
+    tc = cfg.get("transfer") or {}
+    src, freeze = tc.get("from_run"), bool(tc.get("freeze_item_encoder"))
+    if not src:
+        if freeze:
+            raise ConfigError("transfer.freeze_item_encoder: true needs transfer.from_run (a run to take "
+                              "the item encoder from)")
+        return None
+    src = Path(src)
+    loaded = load_item_encoder(model, src) if load else None
+    if freeze:
+        model.item_encoder.requires_grad_(False)
+    n_enc = sum(p.numel() for p in model.item_encoder.parameters())
+    n_train = sum(p.numel() for p in model.item_encoder.parameters() if p.requires_grad)
+    a_cfg = _source_config(src)
+    info = src / "model" / "info.json"
+    return {"from_run": str(src), "mode": "frozen" if freeze else "finetune",
+            "source_data": (a_cfg.get("data") or {}).get("source"), "source_seed": a_cfg.get("seed"),
+            "source_best_epoch": json.loads(info.read_text()).get("epoch") if info.exists() else None,
+            "tensors_loaded": loaded,   # None: resumed, the weights came from the run's checkpoint
+            "item_encoder_params": n_enc, "item_encoder_trainable_params": n_train,
+            "item_encoder_lr_scale": (cfg["train"].get("lr_scale") or {}).get("item_encoder", 1.0)}
+
+
+def frozen_eval(model: torch.nn.Module, cfg: dict) -> None:
+    """A frozen tower gives fixed features: dropout off even while the users train."""
+    if (cfg.get("transfer") or {}).get("freeze_item_encoder") and hasattr(model, "item_encoder"):
+        model.item_encoder.eval()
+
+
+def transfer_overrides(from_run: str, mode: str, encoder_lr_scale: float | None) -> list[str]:
+    """The config keys `mmrec transfer` sets on top of the user's overrides."""
+    if not (Path(from_run) / "config.yaml").exists():
+        raise ConfigError(f"--from {from_run}: no config.yaml there; not a run directory")
+    if mode == "frozen" and encoder_lr_scale is not None:
+        raise ConfigError("--encoder-lr-scale only applies to --mode finetune (a frozen encoder does not learn)")
+    out = [f"transfer.from_run={from_run}", f"transfer.freeze_item_encoder={str(mode == 'frozen').lower()}"]
+    if mode == "finetune" and encoder_lr_scale is not None:
+        if encoder_lr_scale <= 0:
+            raise ConfigError(f"--encoder-lr-scale must be > 0, got {encoder_lr_scale}")
+        out.append(f"train.lr_scale.item_encoder={encoder_lr_scale}")
+    return out
