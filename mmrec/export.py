@@ -38,6 +38,7 @@ def load_trained(run_dir: str | Path, overrides: list[str] | None = None):
     """(config, split, model in eval mode with the best epoch's weights) of a finished run."""
     from safetensors.torch import load_file
     from mmrec.models import mmrec_model  # noqa: F401  (registers the head)
+    from mmrec.models import clcrec  # noqa: F401  (registers 'clcrec')
     run_dir = Path(run_dir)
     weights = run_dir / "model" / "model.safetensors"
     if not weights.exists():
@@ -147,6 +148,11 @@ def write_topk(path: Path, U: torch.Tensor, V: torch.Tensor, user_ids: np.ndarra
 
 def evaluate_run(run_dir: str | Path, parts=("val", "test"), overrides: list[str] | None = None) -> dict:
     """Re-evaluate a run's best model on its saved split (on one or many processes)."""
+    from mmrec.models import head_class
+    cfg_file = Path(run_dir) / "config.yaml"
+    head = head_class(load_config(cfg_file, overrides)["head"]) if cfg_file.exists() else None
+    if hasattr(head, "evaluate_run"):   # heads with their own split (sasrec, cmclrec)
+        return head.evaluate_run(run_dir, parts, overrides)
     from mmrec.data.pipeline import prepare
     from mmrec.evaluation.ranking import evaluate_model_part
     from mmrec.training.trainer import make_accelerator

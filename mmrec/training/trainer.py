@@ -28,7 +28,7 @@ from mmrec.data.pipeline import prepare
 from mmrec.data.split import Split
 from mmrec.evaluation.baselines import evaluate_baselines
 from mmrec.evaluation.ranking import evaluate_model_part
-from mmrec.models import build_model
+from mmrec.models import build_model, head_class
 from mmrec.training.checkpoint import latest_checkpoint, replace_dir, save_checkpoint
 from mmrec.training.schedule import make_scheduler
 from mmrec.transfer import apply_transfer, frozen_eval
@@ -150,17 +150,23 @@ class Trainer:
 
         from accelerate.utils import set_seed
         set_seed(int(cfg["seed"]))
-        split = Split.load(run_dir / "split.npz") if self.resume else None
-        self.prepared = prepare(cfg, split, acc)
-        if acc.is_main_process and not self.resume:
-            self.prepared.split.save(run_dir / "split.npz")
-            (run_dir / "data_report.json").write_text(json.dumps(self.prepared.report, indent=1))
-        for line in self.prepared.report["dataset"]:
-            log.info(line)
-        st = self.prepared.split.stats
-        log.info("split: %d users; items train/val/test %d/%d/%d; evaluated users val %d, test %d",
-                 st["users"], st["train_items"], st["val_items"], st["test_items"],
-                 st["val_eval_users"], st["test_eval_users"])
+        # A head with its own data and split (e.g. the user cold-start heads) provides
+        # `prepare_data(cfg, run_dir, resume, accelerator)`; it also saves split.npz and the report.
+        head_prepare = getattr(head_class(cfg["head"]), "prepare_data", None)
+        if head_prepare is not None:
+            self.prepared = head_prepare(cfg, run_dir, self.resume, acc)
+        else:
+            split = Split.load(run_dir / "split.npz") if self.resume else None
+            self.prepared = prepare(cfg, split, acc)
+            if acc.is_main_process and not self.resume:
+                self.prepared.split.save(run_dir / "split.npz")
+                (run_dir / "data_report.json").write_text(json.dumps(self.prepared.report, indent=1))
+            for line in self.prepared.report["dataset"]:
+                log.info(line)
+            st = self.prepared.split.stats
+            log.info("split: %d users; items train/val/test %d/%d/%d; evaluated users val %d, test %d",
+                     st["users"], st["train_items"], st["val_items"], st["test_items"],
+                     st["val_eval_users"], st["test_eval_users"])
 
         tc = cfg["train"]
         self.model = build_model(cfg, self.prepared)
@@ -207,6 +213,10 @@ class Trainer:
         model = acc.unwrap_model(self.model)
         was_training = model.training
         model.eval()
+        if hasattr(model, "evaluate_part"):   # a head with its own evaluation (metric dict)
+            out = model.evaluate_part(self.prepared, part, self.cfg["eval"], acc.device)
+            model.train(was_training)
+            return out
         res = evaluate_model_part(model, self.prepared, part, self.cfg["eval"], acc.device,
                                   acc.autocast, progress=False)
         model.train(was_training)
@@ -243,6 +253,8 @@ class Trainer:
         while st["epoch"] < epochs:
             epoch = st["epoch"]
             self.sampler.set_epoch(epoch)
+            if hasattr(acc.unwrap_model(self.model), "set_epoch"):   # e.g. cmclrec's two stages
+                acc.unwrap_model(self.model).set_epoch(epoch)
             skip = st["batch"]
             loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
             self.model.train()
@@ -331,7 +343,9 @@ class Trainer:
 
     def finish(self) -> dict:
         acc, st = self.accelerator, self.state
-        baselines = evaluate_baselines(self.cfg, self.prepared, device=acc.device)
+        model = acc.unwrap_model(self.model)
+        baselines = (model.baselines(self.cfg, self.prepared, device=acc.device) if hasattr(model, "baselines")
+                     else evaluate_baselines(self.cfg, self.prepared, device=acc.device))
         metrics = {"val": st["val"], "test": st["test"], "baselines": baselines,
                    "best_epoch": st["best_epoch"], "select_metric": self.cfg["eval"]["select_metric"],
                    "split": self.prepared.split.stats, "history": st["history"],
