@@ -138,13 +138,19 @@ def user_groups(cfg, prepared, user: str | None) -> tuple[str, dict[str, np.ndar
                  "disliked": idx[~liked]}
 
 
-def plot_user(cfg, prepared, V: torch.Tensor, out: Path, user: str | None) -> tuple[Path, dict]:
+def _similarity(V: torch.Tensor, groups: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    order = np.concatenate(list(groups.values())).astype(np.int64)
+    Z = F.normalize(V[torch.from_numpy(order)], dim=-1)
+    return (Z @ Z.T).numpy(), np.cumsum([0] + [len(g) for g in groups.values()])
+
+
+def plot_user(cfg, prepared, V: torch.Tensor, out: Path, user: str | None,
+              max_per_group: int = 40, seed: int = 0) -> tuple[Path, dict]:
+    """Group means use every item; the picture shows at most `max_per_group` per group (a seeded
+    random subset), so heavy users stay readable."""
     plt = _plt()
     uid, groups = user_groups(cfg, prepared, user)
-    order = np.concatenate(list(groups.values()))
-    Z = F.normalize(V[torch.from_numpy(order)], dim=-1)
-    S = (Z @ Z.T).numpy()
-    bounds = np.cumsum([0] + [len(g) for g in groups.values()])
+    S, bounds = _similarity(V, groups)
     names = list(groups)
     means = {}
     for a in range(len(names)):
@@ -153,13 +159,18 @@ def plot_user(cfg, prepared, V: torch.Tensor, out: Path, user: str | None) -> tu
             if a == b:
                 blk = blk[~np.eye(len(blk), dtype=bool)] if len(blk) > 1 else np.array([])
             means[f"{names[a]} vs {names[b]}"] = float(blk.mean()) if blk.size else None
+    rng = np.random.default_rng(seed)
+    shown = {n: (np.sort(rng.choice(g, max_per_group, replace=False)) if len(g) > max_per_group else g)
+             for n, g in groups.items()}
+    S, bounds = _similarity(V, shown)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(S, cmap="coolwarm", vmin=-1, vmax=1)
     for x in bounds[1:-1]:
         ax.axhline(x - 0.5, color="k", lw=1)
         ax.axvline(x - 0.5, color="k", lw=1)
     ticks = [(bounds[i] + bounds[i + 1]) / 2 for i in range(len(names))]
-    labels = [f"{n}\n({len(g)})" for n, g in groups.items()]
+    labels = [f"{n}\n({len(shown[n])} of {len(g)})" if len(g) > len(shown[n]) else f"{n}\n({len(g)})"
+              for n, g in groups.items()]
     ax.set_xticks(ticks, labels, fontsize=8)
     ax.set_yticks(ticks, labels, fontsize=8)
     ax.set_title(f"user {uid}: cosine similarity of item vectors")
@@ -180,7 +191,7 @@ def plot_run(run_dir: str | Path, color_by: str | None = None, user: str | None 
     written = {"curves": str(plot_curves(run_dir, out))}
     cfg, prepared, V = item_vectors(run_dir)
     written["tsne"] = str(plot_tsne(cfg, prepared, V, out, color_by, seed=int(cfg["seed"])))
-    path, summary = plot_user(cfg, prepared, V, out, user)
+    path, summary = plot_user(cfg, prepared, V, out, user, seed=int(cfg["seed"]))
     written["user"] = str(path)
     report = {"files": written, "user_similarity": summary}
     (out / "plots.json").write_text(json.dumps(report, indent=1))
