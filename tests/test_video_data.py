@@ -83,8 +83,9 @@ def test_short_trailer_is_looped_and_store_is_reused(tmp_path, cache_dir):
 
 
 def test_video_text_run_on_ml100k_standins_exports_segments(tmp_path, tiny_overrides):
-    """Real MovieLens-100k ratings, stand-in trailers + text: train, then export [N, S, D] item
-    embeddings whose segment-max scores give back the evaluator's test metrics."""
+    """Real MovieLens-100k ratings, stand-in trailers + text, fused adaptively: train, then export
+    [N, S, D] item embeddings whose segment-max scores give back the evaluator's test metrics,
+    and the per-item field weights."""
     import pandas as pd
     import pytest
     import torch
@@ -93,7 +94,8 @@ def test_video_text_run_on_ml100k_standins_exports_segments(tmp_path, tiny_overr
     from mmrec.export import export
     from mmrec.training.trainer import train
     cfg = load_config("configs/tiny_video_text.yaml", tiny_overrides + [f"run_dir={tmp_path / 'run'}",
-                                                                         "train.epochs=1"])
+                                                                         "train.epochs=1",
+                                                                         "model.fusion.type=adaptive"])
     run_dir, metrics = train(cfg)
     items = pd.read_parquet(next((Path(tiny_overrides[0].split("=", 1)[1]) / "datasets").glob("ml100k-*"))
                             / "items.parquet")
@@ -118,6 +120,15 @@ def test_video_text_run_on_ml100k_standins_exports_segments(tmp_path, tiny_overr
     for k, v in metrics["test"].items():
         if "@" in k:
             assert res[k] == pytest.approx(v, abs=1e-9), k
+    # adaptive fusion: the field weights are logged per epoch and exported per item
+    hist = json.loads((run_dir / "history.jsonl").read_text().splitlines()[0])
+    w_train = [hist["train"][f"fusion_weight/{f}"] for f in ("text", "trailer")]
+    assert sum(w_train) == pytest.approx(1.0, abs=1e-5) and all(0 < w < 1 for w in w_train)
+    weights = pd.read_csv(out / "fusion_weights.csv", dtype={"item_id": str})
+    assert list(weights.columns) == ["item_id", "text", "trailer"]
+    assert weights["item_id"].tolist() == table["item_id"].astype(str).tolist()
+    assert np.allclose(weights[["text", "trailer"]].sum(axis=1), 1.0, atol=1e-5)
+    assert weights["trailer"].std() > 0                               # per item, not a constant
 
 
 def test_image_field_reads_stills_and_reports_bad_ones(tmp_path, cache_dir):
