@@ -99,7 +99,7 @@ def apply_transfer(model: torch.nn.Module, cfg: dict, load: bool = True) -> dict
             "source_best_epoch": json.loads(info.read_text()).get("epoch") if info.exists() else None,
             "tensors_loaded": loaded,   # None: resumed, the weights came from the run's checkpoint
             "item_encoder_params": n_enc, "item_encoder_trainable_params": n_train,
-            "item_encoder_lr_scale": (cfg["train"].get("lr_scale") or {}).get("item_encoder", 1.0)}
+            "item_encoder_lr_scale": None if freeze else (cfg["train"].get("lr_scale") or {}).get("item_encoder", 1.0)}
 
 
 def frozen_eval(model: torch.nn.Module, cfg: dict) -> None:

@@ -9,6 +9,10 @@ split seed s, so every row of a seed sees the same cold items):
             encoder LR scaled by X like the fine-tuned transfer's
   frozen    `mmrec transfer --from SOURCE/seed-s --mode frozen`: A's item tower fixed, B's users learn
   finetune  `mmrec transfer --from SOURCE/seed-s --mode finetune --encoder-lr-scale X`
+  knn_transfer  no training: every item of B through A's item tower (read from the frozen run,
+            whose tower is A's, bit for bit), a user = the mean of the normalised vectors of the
+            items they liked in training, cosine scores: the knn_frozen_text baseline's user model
+            on A's trained representation instead of the pretrained MiniLM's
 
 The three trained cells get the same overrides (the budget). Each run is a process of its own in
 OUT/<cell>/seed-<s>/; a run whose metrics.json exists is skipped, so re-running the command
@@ -32,6 +36,7 @@ import numpy as np
 
 ROWS = [("random", "Random"),
         ("knn_frozen_text", "Frozen pretrained MiniLM features, kNN (no training on B)"),
+        ("knn_transfer", "A's item tower (transferred, frozen), kNN (no training on B)"),
         ("scratch", "mmrec from scratch on B"),
         ("frozen", "Transfer from A, item encoder frozen (B's users learn)"),
         ("finetune", "Transfer from A, fine-tuned on B")]
@@ -70,6 +75,37 @@ def run_cell(cell: str, seed: int, out: Path, args, overrides: list[str]) -> flo
     return time.time() - t0
 
 
+def knn_transfer(seed: int, out: Path) -> float:
+    """The kNN baseline's scoring on the transferred tower's item vectors (in this process)."""
+    import torch
+    from mmrec.data.pipeline import prepare
+    from mmrec.evaluation.baselines import CosineScorer, knn_user_vectors
+    from mmrec.evaluation.evaluator import RankingEvaluator
+    from mmrec.evaluation.ranking import encode_items, evaluate_ranking
+    from mmrec.export import load_trained
+    dest = out / "knn_transfer" / f"seed-{seed}" / "metrics.json"
+    if dest.exists():
+        return 0.0
+    t0 = time.time()
+    torch.set_num_threads(1)
+    frozen = out / "frozen" / f"seed-{seed}"
+    cfg, split, model = load_trained(frozen)
+    prepared = prepare(cfg, split)
+    items = encode_items(model, prepared, np.arange(split.n_items), int(cfg["eval"]["item_batch_size"]))
+    users = knn_user_vectors(items, prepared)
+    evaluator = RankingEvaluator(cfg["eval"]["ks"], cfg["eval"]["user_chunk"])
+    res = {}
+    for part in ("val", "test"):
+        cands = split.items_of(part)
+        r = evaluate_ranking(CosineScorer(users, items[torch.from_numpy(cands)]), split.eval_users(part),
+                             cands, split.positives[part], evaluator, n_items=split.n_items)
+        res[part] = r.means()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({**res, "item_tower_from": str(frozen),
+                                "transfer": json.loads((frozen / "metrics.json").read_text()).get("transfer")}, indent=1))
+    return time.time() - t0
+
+
 def collect(out: Path, seeds: list[int], metrics: list[str], part: str) -> dict:
     vals: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
@@ -78,7 +114,7 @@ def collect(out: Path, seeds: list[int], metrics: list[str], part: str) -> dict:
         if p.exists():
             base = json.loads(p.read_text())["baselines"]
             per_row = {name: base[name][part] for name in ("random", "knn_frozen_text") if name in base}
-        for cell in ("scratch", "frozen", "finetune"):
+        for cell in ("knn_transfer", "scratch", "frozen", "finetune"):
             p = out / cell / f"seed-{seed}" / "metrics.json"
             if p.exists():
                 per_row[cell] = json.loads(p.read_text())[part]
@@ -112,7 +148,7 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="scratch and finetune: the item encoder's LR multiplier (train.lr_scale.item_encoder)")
-    p.add_argument("--cells", default="baselines,scratch,frozen,finetune")
+    p.add_argument("--cells", default="baselines,scratch,frozen,finetune,knn_transfer")
     p.add_argument("--metrics", default="ndcg@10,recall@10")
     p.add_argument("--part", choices=["val", "test"], default="test")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run on B (the budget)")
@@ -125,7 +161,8 @@ def main() -> int:
         if not src.exists():
             raise SystemExit(f"no source run for seed {seed}: {src} is missing")
         for cell in cells:
-            secs = run_cell(cell, seed, out, args, args.overrides)
+            secs = (knn_transfer(seed, out) if cell == "knn_transfer"
+                    else run_cell(cell, seed, out, args, args.overrides))
             if secs:
                 print(f"{cell} seed {seed}: {secs / 60:.1f} min", flush=True)
     metrics = args.metrics.split(",")

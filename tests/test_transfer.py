@@ -113,6 +113,7 @@ def test_transfer_frozen_keeps_encoder_and_resumes(trained_run, tiny_overrides, 
     assert metrics["transfer"]["from_run"] == str(run_a) and metrics["transfer"]["mode"] == "frozen"
     assert metrics["transfer"]["tensors_loaded"] == len(a_enc)
     assert metrics["transfer"]["item_encoder_trainable_params"] == 0
+    assert metrics["transfer"]["item_encoder_lr_scale"] is None
     assert load_run_config(run_b)["transfer"]["from_run"] == str(run_a)
 
     # `mmrec train --resume` continues a transfer run: still frozen, weights from its checkpoint
