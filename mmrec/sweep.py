@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,13 @@ def run_cell(config: str | None, overrides: list[str], cell: dict, seed: int, ru
     if (run_dir / "metrics.json").exists():
         return False
     resume = (run_dir / "checkpoints").is_dir() and (run_dir / "config.yaml").exists()
+    if not resume and (run_dir / "config.yaml").exists():
+        # Started, but killed before its first checkpoint: nothing to resume. Move it aside, or
+        # `mmrec train` would write the fresh run to <run_dir>-2, where the table never looks.
+        stale = run_dir.with_name(run_dir.name + ".interrupted")
+        if stale.exists():
+            shutil.rmtree(stale)
+        run_dir.rename(stale)
     cmd = (launcher or [sys.executable, "-m", "mmrec"]) + ["train"]
     if resume:
         cmd += ["--resume", str(run_dir)]

@@ -103,3 +103,15 @@ def test_ablate_shares_runs_between_tables_when_the_resolved_configs_are_equal()
                                   ["model.fusion.type=early", "model.fusion.fc_layers=1"])
     assert dict(tables["fusion"])["late-2fc"] != dict(tables["modality"])["video+text"]
     assert dict(tables["fusion"])["early"] == dict(tables["modality"])["video+text"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_restarted_in_place(tmp_path, launcher):
+    out = tmp_path / "sw"
+    stale = out / "base" / "seed-0"
+    stale.mkdir(parents=True)
+    (stale / "config.yaml").write_text("started, no checkpoint")
+    sweep("configs/tiny.yaml", out, [0], None, ["loss.alignment_weight=0.2"], launcher=launcher)
+    (args,) = calls(tmp_path)
+    assert "--resume" not in args and f"run_dir={stale}" in args
+    assert (stale / "metrics.json").exists()                      # the table's folder, not seed-0-2
+    assert (out / "base" / "seed-0.interrupted" / "config.yaml").read_text() == "started, no checkpoint"
