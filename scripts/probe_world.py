@@ -167,7 +167,6 @@ def main() -> None:
     c.add_argument("overrides", nargs="*")
     c.set_defaults(fn=cmd_ceiling)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     args.fn(args)
 
 
