@@ -115,3 +115,39 @@ def test_a_run_killed_before_its_first_checkpoint_is_restarted_in_place(tmp_path
     assert "--resume" not in args and f"run_dir={stale}" in args
     assert (stale / "metrics.json").exists()                      # the table's folder, not seed-0-2
     assert (out / "base" / "seed-0.interrupted" / "config.yaml").read_text() == "started, no checkpoint"
+
+
+def _compare_heads():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("compare_heads", "scripts/compare_heads.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_heads_reuses_only_identical_runs_on_identical_splits(tmp_path):
+    """--reuse accepts a run trained with this command's config (other heads' sections aside) and
+    names the differing key otherwise; rows of one seed must share the split."""
+    import yaml
+    from mmrec.config import load_config
+    ch = _compare_heads()
+    run = tmp_path / "seed-3"
+    run.mkdir()
+    cfg = load_config(ch.CLCREC_CFG, ["seed=3", "split.seed=3", f"run_dir={run}"])
+    cfg["cmclrec"]["beta"] = 0.123             # another head's section: irrelevant to clcrec
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    ch.check_reused(run, ch.CLCREC_CFG, [], 3)
+    cfg["clcrec"]["lam"] = 0.9
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit, match=r"clcrec\.lam \(0\.9 there, 0\.5 here\)"):
+        ch.check_reused(run, ch.CLCREC_CFG, [], 3)
+    with pytest.raises(SystemExit, match="split.seed"):
+        ch.check_reused(run, ch.CLCREC_CFG, ["clcrec.lam=0.9"], 4)
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, test_items in ((a, [1, 2, 3]), (b, [1, 2, 4])):
+        d.mkdir()
+        np.savez(d / "split.npz", train_items=np.arange(5), test_items=np.array(test_items))
+    ch.same_split([a, a])
+    with pytest.raises(SystemExit, match="test_items"):
+        ch.same_split([a, b])
