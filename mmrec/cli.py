@@ -79,7 +79,7 @@ def cmd_export(args) -> int:
     if args.users:
         p = Path(args.users)
         users = p.read_text().split() if p.exists() else args.users.split(",")
-    out = export(args.run_dir, args.items, args.out, users, args.top_k)
+    out = export(args.run_dir, args.items, args.out, users, args.top_k, user_table=args.user_table)
     if _is_main_process():
         print(f"exported to {out}")
         print((out / "export_report.json").read_text())
@@ -159,9 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", help=argparse.SUPPRESS)
     sp.add_argument("overrides", nargs="*")
     sp.set_defaults(fn=cmd_evaluate)
-    sp = sub.add_parser("export", help="embed a catalogue of (new) items with a trained run")
+    sp = sub.add_parser("export", help="embed a catalogue of (new) items, or the users and items of a "
+                                       "user cold-start run, with a trained run")
     sp.add_argument("run_dir")
-    sp.add_argument("--items", required=True, help="item table: .parquet/.csv/.tsv or a dataset dir")
+    sp.add_argument("--items", help="item table: .parquet/.csv/.tsv or a dataset dir (required for "
+                                    "item-content heads; sasrec/cmclrec: restrict to these ids)")
+    sp.add_argument("--user-table", help="sasrec/cmclrec: brand-new users (user_id + the run's user "
+                                         "feature columns) to export as cold users")
     sp.add_argument("--out", help="output folder (default RUN_DIR/export)")
     sp.add_argument("--users", help="user ids (comma-separated, or a file) for top-K lists")
     sp.add_argument("--top-k", type=int, default=0, help="write each user's top-K of these items")

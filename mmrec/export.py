@@ -1,7 +1,8 @@
-"""Serving a catalogue of new items: embeddings from a trained run, and optional top-K lists.
+"""Serving: embeddings from a trained run, and optional top-K lists (`mmrec export RUN ...`).
 
-`mmrec export RUN --items ITEMS` reads an item table with content only (no ratings needed: the
-items may be brand new), encodes it with the run's best model and writes to the output folder:
+**Item-content heads** (`mmrec`, `clcrec`): `mmrec export RUN --items ITEMS` reads an item table
+with content only (no ratings needed: the items may be brand new), encodes it with the run's best
+model and writes to the output folder (default RUN/export):
 
   item_embeddings.npy      float32 [N, D] (or [N, S, D]: S per-segment vectors of video items)
   item_embeddings.parquet  item_id, embedding (list of float32; [S*D] flattened for segments)
@@ -14,7 +15,48 @@ Row r of every item file is the same item: the input table's order, minus the sk
 Score an item for a user as u . v. With a video field the item file is [N, S, D], one vector per
 evaluation segment, and the score is max_s u . v_s (KDD'24 Eq. 4):
 `(np.einsum("d,nsd->ns", u, V)).max(axis=1)`; `mmrec.evaluation.evaluator.DotScorer` does this.
-An item without a trailer still gets S (identical) vectors from its other fields.
+An item without a trailer still gets S (identical) vectors from its other fields. CLCRec's item
+vectors are its feature encoder's f_j (every item is embedded as a cold item, from its features).
+The top-K lists rank all exported items (nothing is excluded: the items are new).
+
+**User cold-start heads** (`sasrec`, `cmclrec`): the items are the run's catalogue (embedded by
+ID, so no new items), the users are what is cold. `mmrec export RUN` writes:
+
+  item_embeddings.npy      float32 [N, d]: the rows of the model's item embedding table (SASRec's
+                           shared input/output embeddings) for the run's items (all of them, in
+                           split order; with --items ITEMS only that table's ids, in its order;
+                           ids not in the run's catalogue are skipped); item_ids.txt,
+                           item_embeddings.parquet as above
+  user_embeddings.npy      float32 [U, d]: each user's sequence state, i.e. what the model scores
+                           items with at evaluation: the last state of SASRec over the user's
+                           last `sasrec.max_len` KNOWN items (a training user's whole sequence, a
+                           warm val/test user's sequence without its held-out targets). A cold
+                           user has no known item: cmclrec decodes a simulated sequence from its
+                           features, plain SASRec reads an all-padding sequence (the same vector
+                           for every cold user). Rows: the run's users (split order), then the
+                           brand-new users of --user-table; user_ids.txt
+  users.csv                user_id, part (train | val_warm | val_cold | test_warm | test_cold |
+                           new), known_items (how many items the vector was computed from and
+                           are excluded from the user's top-K; 0 for cold and new users), state
+                           (sequence | features | padding)
+  topk.parquet             (with --top-k) user_id, rank, item_id, score over the exported items,
+                           each user's known items excluded exactly as evaluation excludes them
+                           (a user with fewer than K other items gets fewer rows)
+  export_report.json       items (catalogue, read, exported, skipped with reasons and ids), users
+                           (in = exported + skipped, per reason with ids), unseen feature values
+                           of new users per field, the embedding shapes
+
+Score = user . item: `U @ V.T` reproduces the head's evaluation scores for the run's users
+(`mmrec.models.sasrec.StateScorer`, which evaluation uses). --user-table T (.csv/.tsv/.parquet
+with `user_id` and the run's `user_split.features` columns, raw values as in the dataset's users
+table) adds brand-new users known only by their features, exported as cold users: cmclrec
+encodes them with the run's feature vocabulary (rebuilt from the run's dataset; a value the run
+never saw counts as missing and is reported), plain SASRec gives them the cold vector. New users
+are skipped (with the reason in the report) when their id is already one of the run's users
+(their vector is the run's), and, for cmclrec, when they have no feature value at all.
+
+Both kinds work on one or many processes (`accelerate launch -m mmrec export ...`); the main
+process writes.
 """
 from __future__ import annotations
 
@@ -28,10 +70,10 @@ import torch
 from mmrec.config import load_config
 from mmrec.data.content import collate_items
 from mmrec.data.pipeline import build_content
-from mmrec.data.split import Split
+from mmrec.data.split import CSR, Split
 from mmrec.data.tables import DataError, MultiModalDataset
-from mmrec.evaluation.evaluator import DotScorer
-from mmrec.models import HEADS
+from mmrec.evaluation.evaluator import DotScorer, ragged_rows
+from mmrec.models import HEADS, head_class
 
 
 def load_trained(run_dir: str | Path, overrides: list[str] | None = None):
@@ -52,31 +94,55 @@ def load_trained(run_dir: str | Path, overrides: list[str] | None = None):
 
 
 def read_items(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
+    return _read_table(path, "item")
+
+
+def _read_table(path: str | Path, kind: str) -> pd.DataFrame:
+    """An item (or user) table with a unique `<kind>_id` column, ids as strings."""
+    path, key = Path(path), f"{kind}_id"
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
-        return MultiModalDataset.load(path).items
-    if path.suffix == ".parquet":
+        ds = MultiModalDataset.load(path)
+        if kind == "item":
+            return ds.items
+        if ds.users is None:
+            raise DataError(f"{path}: the dataset has no users table")
+        df = ds.users.copy()
+    elif path.suffix == ".parquet":
         df = pd.read_parquet(path)
     elif path.suffix in (".csv", ".tsv"):
         df = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
     else:
-        raise DataError(f"{path}: item table must be .parquet, .csv, .tsv or a processed dataset directory")
-    if "item_id" not in df.columns:
-        raise DataError(f"{path}: missing column 'item_id' (columns: {list(df.columns)})")
-    df["item_id"] = df["item_id"].astype(str)
-    dup = df["item_id"].duplicated()
+        raise DataError(f"{path}: {kind} table must be .parquet, .csv, .tsv or a processed dataset directory")
+    if key not in df.columns:
+        raise DataError(f"{path}: missing column '{key}' (columns: {list(df.columns)})")
+    df[key] = df[key].astype(str)
+    dup = df[key].duplicated()
     if dup.any():
-        raise DataError(f"{path}: duplicate item_id {df['item_id'][dup].iloc[0]!r}")
+        raise DataError(f"{path}: duplicate {key} {df[key][dup].iloc[0]!r}")
     return df
 
 
+def _run_head(run_dir: str | Path):
+    cfg_file = Path(run_dir) / "config.yaml"
+    return head_class(load_config(cfg_file)["head"]) if cfg_file.exists() else None
+
+
 @torch.no_grad()
-def export(run_dir: str | Path, items_path: str | Path, out_dir: str | Path | None = None,
-           users: list[str] | None = None, top_k: int = 0, batch_size: int | None = None) -> Path:
+def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: str | Path | None = None,
+           users: list[str] | None = None, top_k: int = 0, batch_size: int | None = None,
+           user_table: str | Path | None = None) -> Path:
     """Works on one or many processes (`accelerate launch -m mmrec export ...`): the items are
-    encoded in batch-aligned blocks per process and gathered once; the main process writes."""
+    encoded in batch-aligned blocks per process and gathered once; the main process writes.
+    Runs of the user cold-start heads go to `export_user_cold_start` (see the module docstring)."""
+    head = _run_head(run_dir)
+    if hasattr(head, "load_run"):   # heads with their own user split (sasrec, cmclrec)
+        return export_user_cold_start(head, run_dir, items_path, out_dir, users, top_k, user_table)
+    if items_path is None:
+        raise DataError("--items: the item table to embed (from its content) is required for this run's head")
+    if user_table is not None:
+        raise DataError("--user-table: only the user cold-start heads (sasrec, cmclrec) embed new users")
     from mmrec.evaluation.ranking import encode_items, user_vectors
     from mmrec.training.trainer import make_accelerator
     acc = make_accelerator()
@@ -124,7 +190,9 @@ def export(run_dir: str | Path, items_path: str | Path, out_dir: str | Path | No
 
 
 def write_topk(path: Path, U: torch.Tensor, V: torch.Tensor, user_ids: np.ndarray,
-               item_ids: np.ndarray, wanted: list[str] | None, k: int) -> dict:
+               item_ids: np.ndarray, wanted: list[str] | None, k: int, exclude: CSR | None = None) -> dict:
+    """Each user's top-k items by u . v. exclude: CSR over the rows of U of columns of V never to
+    recommend (masked with -inf, as the evaluator does; a user with fewer than k others gets fewer)."""
     index = pd.Index(user_ids.astype(str))
     if wanted:
         pos = index.get_indexer([str(u) for u in wanted])
@@ -137,18 +205,173 @@ def write_topk(path: Path, U: torch.Tensor, V: torch.Tensor, user_ids: np.ndarra
     scorer = DotScorer(U, V)
     rows = []
     for s in range(0, len(pos), 4096):
-        chunk = torch.from_numpy(np.asarray(pos[s:s + 4096], dtype=np.int64))
-        top = torch.topk(scorer(chunk), k, dim=1)
+        chunk = np.asarray(pos[s:s + 4096], dtype=np.int64)
+        scores = scorer(torch.from_numpy(chunk))
+        if exclude is not None:
+            er, ec = ragged_rows(exclude, chunk)
+            scores[torch.from_numpy(er), torch.from_numpy(ec)] = float("-inf")
+        top = torch.topk(scores, k, dim=1)
         for r, u in enumerate(chunk.tolist()):
-            for rank, (score, j) in enumerate(zip(top.values[r].tolist(), top.indices[r].tolist()), 1):
+            rank = 0
+            for score, j in zip(top.values[r].tolist(), top.indices[r].tolist()):
+                if score == float("-inf"):
+                    break
+                rank += 1
                 rows.append((str(user_ids[u]), rank, str(item_ids[j]), float(score)))
     pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"]).to_parquet(path, index=False)
-    return {"users": int(len(pos)), "k": int(k)}
+    out = {"users": int(len(pos)), "k": int(k)}
+    if exclude is not None:
+        out["excluded"] = "each user's known items (as evaluation)"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# user cold-start heads (sasrec, cmclrec)
+
+SKIP_REASONS = {"already_a_run_user": "the id is one of the run's users (exported with the run's data)",
+                "no_feature_values": "no value in any of the run's user feature columns"}
+
+
+def new_user_codes(cfg: dict, split, table: pd.DataFrame, where: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Feature codes of brand-new users in the run's vocabulary: (codes [n, F], no value at all
+    [n], {field: values the run never saw, encoded as missing}).
+
+    The run saved its users' codes, not the vocabulary, so the vocabulary is rebuilt: the run's
+    dataset users and the new ones are encoded together (the same normalisation as training),
+    and each joint code is mapped to the run's code through the run's users."""
+    from mmrec.data.pipeline import load_source
+    from mmrec.data.sequences import MISSING, encode_user_features
+    names, zp = list(split.feature_names), int(cfg["user_split"]["zip_prefix"])
+    new_ids = table["user_id"].astype(str).to_numpy()
+    own, _, _ = encode_user_features(table, new_ids, names, zp, where)   # checks columns and values
+    ds = load_source(cfg["data"])
+    if ds.users is None:
+        raise DataError(f"{cfg['data']['source']}: the run's dataset has no users table to rebuild "
+                        f"the feature vocabulary from")
+    tagged = np.array([f"\x00new\x00{u}" for u in new_ids], dtype=object)
+    run_users = ds.users[["user_id", *names]].assign(user_id=lambda d: d["user_id"].astype(str).str.strip())
+    both = pd.concat([run_users, table[names].assign(user_id=tagged)[["user_id", *names]]], ignore_index=True)
+    ids = np.concatenate([split.user_ids.astype(str).astype(object), tagged])
+    joint, _, _ = encode_user_features(both, ids, names, zp, f"{where} (with the run's users)")
+    run_joint, new_joint = joint[:split.n_users], joint[split.n_users:]
+    codes = np.full(own.shape, MISSING, dtype=np.int64)
+    unseen = {}
+    for j, name in enumerate(names):
+        pairs = np.unique(np.stack([run_joint[:, j], split.features[:, j]], axis=1), axis=0)
+        if len(np.unique(pairs[:, 0])) != len(pairs) or len(np.unique(pairs[:, 1])) != len(pairs):
+            raise DataError(f"user feature '{name}': the run's dataset no longer gives the codes saved "
+                            f"in split.npz; was the users table changed?")
+        lookup = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+        mapped = np.array([lookup.get(int(c), -1) for c in new_joint[:, j]], dtype=np.int64)
+        given = own[:, j] != MISSING
+        unseen[name] = int((given & (mapped < 0)).sum())
+        codes[:, j] = np.where(given & (mapped >= 0), mapped, MISSING)
+    return codes, (own == MISSING).all(axis=1), unseen
+
+
+@torch.no_grad()
+def export_user_cold_start(head, run_dir, items_path=None, out_dir=None, users: list[str] | None = None,
+                           top_k: int = 0, user_table=None) -> Path:
+    """Item table rows, user sequence states, top-K lists without known items (module docstring)."""
+    from mmrec.models.sasrec import PART_NAMES, StateScorer
+    from mmrec.training.trainer import make_accelerator
+    acc = make_accelerator()
+    cfg, split, model = head.load_run(run_dir)
+    model.to(acc.device)
+    out = Path(out_dir or Path(run_dir) / "export")
+    catalogue = split.item_ids.astype(str)
+    items_report: dict = {"catalogue": int(split.n_items)}
+    if items_path is None:
+        item_rows = np.arange(split.n_items)
+        items_report.update(read=int(split.n_items), source="the run's catalogue")
+    else:
+        wanted_items = read_items(items_path)["item_id"].to_numpy(dtype=str)
+        at = pd.Index(catalogue).get_indexer(wanted_items)
+        item_rows = at[at >= 0]
+        items_report.update(read=int(len(wanted_items)), source=str(items_path),
+                            skipped_not_in_catalogue=int((at < 0).sum()),
+                            skipped_item_ids=[str(i) for i in wanted_items[at < 0]])
+    items_report["exported"] = int(len(item_rows))
+    item_ids = catalogue[item_rows]
+    V = model.item_table()[torch.from_numpy(item_rows)]
+
+    # the run's users: their states exactly as evaluation computes them
+    scorer = StateScorer(model, acc.device)
+    run_users = np.arange(split.n_users)
+    U = scorer.states(run_users)
+    known = np.array([split.known_length(int(u)) for u in run_users], dtype=np.int64)
+    cold = split.is_cold(run_users)
+    parts = [PART_NAMES[int(p)] for p in split.user_part]
+    cold_state = "features" if model.uses_features else "padding"
+    states = np.where(cold, cold_state, "sequence")
+    user_ids = split.user_ids.astype(str)
+    skipped: dict[str, list[str]] = {}
+    users_report: dict = {"run_users": int(split.n_users)}
+    if user_table is not None:
+        table = _read_table(user_table, "user")
+        ids = table["user_id"].to_numpy(dtype=str)
+        clash = np.isin(ids, user_ids)
+        skipped["already_a_run_user"] = [str(i) for i in ids[clash]]
+        table = table[~clash].reset_index(drop=True)
+        L, nF = model.max_len, len(split.feature_names)
+        if model.uses_features:
+            codes, nothing, unseen = new_user_codes(cfg, split, table, str(user_table))
+            skipped["no_feature_values"] = [str(i) for i in table["user_id"][nothing]]
+            users_report["unseen_feature_values"] = unseen
+            table, codes = table[~nothing].reset_index(drop=True), codes[~nothing]
+        else:
+            from mmrec.data.sequences import MISSING
+            codes = np.full((len(table), nF), MISSING, dtype=np.int64)
+        n_new = len(table)
+        new_states = [model.sequence_states(np.zeros((min(256, n_new - s), L), np.int64), codes[s:s + 256],
+                                            np.ones(min(256, n_new - s), bool), acc.device).float().cpu()
+                      for s in range(0, n_new, 256)]
+        if new_states:
+            U = torch.cat([U, *new_states])
+        user_ids = np.concatenate([user_ids, table["user_id"].to_numpy(dtype=str)])
+        known = np.concatenate([known, np.zeros(n_new, np.int64)])
+        parts += ["new"] * n_new
+        states = np.concatenate([states, np.full(n_new, cold_state)])
+        users_report.update(table=str(user_table), table_rows=int(len(ids)), new_users=int(n_new))
+    users_report = {"in": int(split.n_users + users_report.get("table_rows", 0)),
+                    "exported": int(len(user_ids)),
+                    "skipped": {r: len(v) for r, v in skipped.items()},
+                    "skipped_user_ids": {r: v for r, v in skipped.items() if v},
+                    "skip_reasons": {r: SKIP_REASONS[r] for r in skipped},
+                    "cold_run_users": int(cold.sum()), **users_report}
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "item_embeddings.npy", V.numpy())
+        (out / "item_ids.txt").write_text("".join(f"{i}\n" for i in item_ids))
+        pd.DataFrame({"item_id": item_ids, "embedding": list(V.numpy())}).to_parquet(
+            out / "item_embeddings.parquet", index=False)
+        np.save(out / "user_embeddings.npy", U.numpy())
+        (out / "user_ids.txt").write_text("".join(f"{u}\n" for u in user_ids))
+        pd.DataFrame({"user_id": user_ids, "part": parts, "known_items": known, "state": states}).to_csv(
+            out / "users.csv", index=False)
+        report = {"run": str(run_dir), "head": cfg["head"], "items": items_report, "users": users_report,
+                  "item_embedding_shape": list(V.shape), "user_embedding_shape": list(U.shape),
+                  "score": "user_embeddings @ item_embeddings.T (the head's evaluation scores)",
+                  "processes": acc.num_processes}
+        if top_k:
+            # exclude each run user's known items, as evaluation does (new users: nothing)
+            known_csr = split.known(run_users)
+            colmap = np.full(split.n_items, -1, dtype=np.int64)
+            colmap[item_rows] = np.arange(len(item_rows))
+            r, c = known_csr.pairs()
+            keep = colmap[c] >= 0
+            exclude = CSR.from_pairs(r[keep], colmap[c[keep]], len(user_ids))
+            report["topk"] = write_topk(out / "topk.parquet", U, V, user_ids, item_ids, users, int(top_k),
+                                        exclude=exclude)
+        (out / "export_report.json").write_text(json.dumps(report, indent=1))
+    acc.wait_for_everyone()
+    return out
 
 
 def evaluate_run(run_dir: str | Path, parts=("val", "test"), overrides: list[str] | None = None) -> dict:
-    """Re-evaluate a run's best model on its saved split (on one or many processes)."""
-    from mmrec.models import head_class
+    """Re-evaluate a run's best model on its saved split (on one or many processes), with the
+    evaluation the trainer used: the head's own (`evaluate_part`, e.g. clcrec's cold / warm / all
+    metrics) where it has one."""
     cfg_file = Path(run_dir) / "config.yaml"
     head = head_class(load_config(cfg_file, overrides)["head"]) if cfg_file.exists() else None
     if hasattr(head, "evaluate_run"):   # heads with their own split (sasrec, cmclrec)
@@ -158,13 +381,17 @@ def evaluate_run(run_dir: str | Path, parts=("val", "test"), overrides: list[str
     from mmrec.training.trainer import make_accelerator
     acc = make_accelerator()
     cfg, split, model = load_trained(run_dir, overrides)
-    prepared = prepare(cfg, split, acc)
     model.to(acc.device)
     out = {}
-    for part in parts:
-        res = evaluate_model_part(model, prepared, part, cfg["eval"], acc.device, acc.autocast)
-        out[part] = {**res.means(), "users": int(len(res.users))}
+    if hasattr(head, "evaluate_part") and hasattr(head, "prepare_data"):
+        prepared = head.prepare_data(cfg, run_dir, True, acc)   # resume=True: reads split.npz, writes nothing
+        for part in parts:
+            out[part] = model.evaluate_part(prepared, part, cfg["eval"], acc.device)
+    else:
+        prepared = prepare(cfg, split, acc)
+        for part in parts:
+            res = evaluate_model_part(model, prepared, part, cfg["eval"], acc.device, acc.autocast)
+            out[part] = {**res.means(), "users": int(len(res.users))}
     if acc.is_main_process:
         (Path(run_dir) / "evaluation.json").write_text(json.dumps(out, indent=1))
     return out
-

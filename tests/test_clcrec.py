@@ -174,6 +174,24 @@ def test_extract_train_evaluate_export(genre_dir, cache_dir, tmp_path):
     with torch.no_grad():
         want = model.feature_encoder(F.normalize(xs, dim=1)).numpy()
     np.testing.assert_allclose(V, want, atol=1e-5)
+    # the cold test items exported by id alone and scored with the exported users give back the
+    # trainer's cold test metrics, and so does `mmrec evaluate` (the head's own evaluation)
+    from mmrec.data.split import Split
+    from mmrec.evaluation.evaluator import DotScorer, RankingEvaluator
+    from mmrec.export import evaluate_run
+    split = Split.load(run_dir / "split.npz")
+    cold = split.items_of("test")
+    pd.DataFrame({"item_id": split.item_ids[cold]}).to_csv(tmp_path / "cold.csv", index=False)
+    out = export(run_dir, tmp_path / "cold.csv", tmp_path / "exp_cold")
+    U, V = np.load(out / "user_embeddings.npy"), np.load(out / "item_embeddings.npy")
+    assert (out / "item_ids.txt").read_text().split() == list(split.item_ids[cold])
+    res = RankingEvaluator(cfg["eval"]["ks"]).evaluate(
+        DotScorer(torch.from_numpy(U), torch.from_numpy(V)), split.eval_users("test"), cold,
+        split.positives["test"], n_items=split.n_items).means()
+    again = evaluate_run(run_dir, ("test",))["test"]
+    for k in ("ndcg@10", "recall@10", "precision@10"):
+        assert res[k] == pytest.approx(m["test"][k], abs=1e-6), k
+        assert again[k] == pytest.approx(m["test"][k], abs=1e-9), k
 
 
 def test_official_layout_through_the_trainer(genre_dir, cache_dir, tmp_path):

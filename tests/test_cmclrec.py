@@ -220,3 +220,85 @@ def test_cmclrec_learns_cold_users_from_features(synthetic_runs):
     assert cm["cold/recall@20"] > sas["cold/recall@20"] + 0.15, (cm["cold/recall@20"], sas["cold/recall@20"])
     # warm users: the next items follow the cycle, which both heads learn from the sequence
     assert sas["warm/recall@20"] > 0.5 and cm["warm/recall@20"] > 0.5
+
+
+@pytest.mark.parametrize("head", ["sasrec", "cmclrec"])
+def test_export_reproduces_the_heads_evaluation_scores(synthetic_runs, tmp_path, monkeypatch, head):
+    """`mmrec export RUN`: user . item from the exported files equals the score function the head's
+    evaluation ranks with; top-K lists exclude each user's known items as evaluation does; a
+    brand-new user with a cold test user's features gets that user's vector."""
+    from types import SimpleNamespace
+
+    from mmrec.evaluation.evaluator import DotScorer
+    from mmrec.export import export
+    from mmrec.models import head_class, sasrec
+    run_dir, metrics = synthetic_runs[head]
+    cfg, split, model = head_class(head).load_run(run_dir)
+    captured = {}
+    original = sasrec.evaluate_scores
+
+    def spy(score_fn, *args, **kwargs):
+        captured["fn"] = score_fn
+        return original(score_fn, *args, **kwargs)
+    monkeypatch.setattr(sasrec, "evaluate_scores", spy)
+    evaluated = model.evaluate_part(SimpleNamespace(split=split), "test", cfg["eval"])
+    assert evaluated["ndcg@20"] == pytest.approx(metrics["test"]["ndcg@20"], abs=1e-9)
+
+    # brand-new users: one with a cold test user's raw features, one with an occupation the run
+    # never saw, one without any feature, and one whose id is already a run user's
+    cold_u, warm_u = int(split.users_of("test", "cold")[0]), int(split.users_of("test", "warm")[0])
+    world = pd.read_parquet(cfg["data"]["path"] + "/users.parquet").set_index("user_id")
+    raw = world.loc[str(split.user_ids[cold_u])]
+    new = pd.DataFrame({"user_id": ["twin", "astronaut", "blank", str(split.user_ids[3])],
+                        "occupation": [raw["occupation"], "astronaut", "", "job0"],
+                        "age": [str(raw["age"]), "30", "", "30"]})
+    new.to_csv(tmp_path / "new_users.csv", index=False)
+    out = export(run_dir, None, tmp_path / "exp", top_k=5, user_table=tmp_path / "new_users.csv")
+
+    U, V = np.load(out / "user_embeddings.npy"), np.load(out / "item_embeddings.npy")
+    user_ids = (out / "user_ids.txt").read_text().split()
+    item_ids = (out / "item_ids.txt").read_text().split()
+    report = json.loads((out / "export_report.json").read_text())
+    users = pd.read_csv(out / "users.csv", dtype={"user_id": str})
+    n = split.n_users
+    assert item_ids == list(split.item_ids) and V.shape == (split.n_items, 32)
+    np.testing.assert_array_equal(V, model.item_table().numpy())
+    assert user_ids[:n] == list(split.user_ids) and users["user_id"].tolist() == user_ids
+    # the evaluation's own scores, for cold, warm and training users
+    some = np.array([cold_u, warm_u, int(split.users_of("test", "cold")[1]), int(split.train_users()[0])])
+    want = captured["fn"](torch.from_numpy(some)).numpy()
+    np.testing.assert_allclose(U[some] @ V.T, want, rtol=1e-5, atol=1e-5)
+    # ... and the test metrics, re-ranked from the files alone
+    res = original(DotScorer(torch.from_numpy(U[:n]), torch.from_numpy(V)), split, "test", cfg["eval"])
+    for k in ("recall@20", "ndcg@20", "cold/ndcg@20", "warm/ndcg@20"):
+        assert res[k] == pytest.approx(metrics["test"][k], abs=1e-6), k
+
+    # users in = exported + skipped, with reasons
+    u = report["users"]
+    skipped_blank = head == "cmclrec"               # plain SASRec ignores features: nobody to skip
+    assert u["in"] == n + 4 and u["exported"] == n + (2 if skipped_blank else 3) == len(user_ids)
+    assert u["in"] == u["exported"] + sum(u["skipped"].values())
+    assert u["skipped_user_ids"]["already_a_run_user"] == [str(split.user_ids[3])]
+    assert u["skipped_user_ids"].get("no_feature_values", []) == (["blank"] if skipped_blank else [])
+    twin = user_ids.index("twin")
+    np.testing.assert_allclose(U[twin], U[cold_u], rtol=1e-5, atol=1e-6)
+    if head == "cmclrec":
+        assert u["unseen_feature_values"] == {"occupation": 1, "age": 0}
+        assert not np.allclose(U[cold_u], U[split.users_of("test", "cold")[1]])   # features matter
+    row = users.set_index("user_id")
+    assert row.loc["twin", "part"] == "new" and row.loc[str(split.user_ids[cold_u]), "part"] == "test_cold"
+    assert row.loc[str(split.user_ids[warm_u]), "known_items"] == len(split.history(warm_u)) == 20
+    assert row.loc[str(split.user_ids[warm_u]), "state"] == "sequence"
+    assert row.loc["twin", "state"] == ("features" if head == "cmclrec" else "padding")
+
+    # top-K: known items are never recommended; otherwise the order of u . v
+    top = pd.read_parquet(out / "topk.parquet")
+    assert report["topk"] == {"users": len(user_ids), "k": 5, "excluded": "each user's known items (as evaluation)"}
+    for u_idx in (warm_u, int(split.train_users()[0]), cold_u):
+        scores = U[u_idx] @ V.T
+        known = split.history(u_idx)
+        scores[known] = -np.inf
+        got = top[top["user_id"] == str(split.user_ids[u_idx])]
+        assert got["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert got["item_id"].tolist() == [str(split.item_ids[j]) for j in np.argsort(-scores, kind="stable")[:5]]
+        assert not set(got["item_id"]) & set(split.item_ids[known].tolist())

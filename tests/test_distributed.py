@@ -165,3 +165,60 @@ def test_distributed_evaluation_and_export_equal_single_process(trained_run, tmp
     np.testing.assert_array_equal(np.load(tmp_path / "e1" / "item_embeddings.npy"),
                                   np.load(tmp_path / "e2" / "item_embeddings.npy"))
     assert (tmp_path / "e1" / "item_ids.txt").read_text() == (tmp_path / "e2" / "item_ids.txt").read_text()
+
+
+def _same_weights(a_dir, b_dir):
+    """The saved best models agree, except the attention key biases: their gradient is zero in
+    exact arithmetic (a softmax ignores a per-query constant), so Adam turns rounding noise into
+    arbitrary steps there, which change nothing downstream."""
+    from safetensors.torch import load_file
+    a, b = load_file(str(a_dir / "model" / "model.safetensors")), load_file(str(b_dir / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 20
+    for name, x in a.items():
+        y = b[name]
+        if name.endswith("in_proj_bias"):
+            d = len(x) // 3
+            x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_cmclrec_and_clcrec_heads_on_two_processes(tmp_path, cache_dir):
+    """cmclrec, 2 processes x batch 16 == 1 process x batch 32, through both training stages
+    (pre-training leaves SASRec's blocks without gradient), the global-batch InfoNCE and MMD,
+    the next-item loss over the global positions, and the sharded evaluation and baselines.
+    clcrec: a 2-process run's metrics.json equals a 1-process `mmrec evaluate` of its model."""
+    from mmrec.export import evaluate_run
+    from tests.clcrec_fixture import make_genre_dataset
+    from tests.test_cmclrec import synthetic_world
+    world = synthetic_world(tmp_path / "world", n_users=120)
+    seq = ["--config", "configs/cmclrec_ml100k.yaml", "data.source=processed", f"data.path={world}",
+           "user_split.features=[occupation,age]", "sasrec.max_len=20", "sasrec.hidden=16",
+           "sasrec.dropout=0.0", "cmclrec.dropout=0.0", "cmclrec.latent_dim=8", "cmclrec.ae_hidden=32",
+           "cmclrec.feature_mask=0.0", "cmclrec.item_mask=0.0",   # masks, like dropout, are drawn per rank
+           "train.epochs=2", "cmclrec.pretrain_epochs=1", "train.max_steps_per_epoch=3", "eval.every_epochs=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    mmrec("train", *seq, "train.batch_size=32", f"run_dir={one}")
+    launch(CPU2, "-m", "mmrec", "train", *seq, "train.batch_size=16", f"run_dir={two}")
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert a["resources"]["processes"] == 1 and b["resources"]["processes"] == 2
+    assert [h["step"] for h in b["history"]] == [h["step"] for h in a["history"]] == [2, 4]
+    assert b["best_epoch"] == a["best_epoch"]
+    for part in ("val", "test"):
+        assert b[part] == pytest.approx(a[part], abs=1e-6), part
+        assert b[part]["cold/users"] > 0 and b[part]["warm/users"] > 0
+    assert b["baselines"] == a["baselines"]                    # sharded ranking, gathered: exactly
+    _same_weights(one, two)
+
+    genre = make_genre_dataset(tmp_path / "genre", n_items=120, n_users=80)
+    clc = tmp_path / "clcrec"
+    launch(CPU2, "-m", "mmrec", "train", "--config", "configs/tiny.yaml", "data.source=processed",
+           f"data.path={genre}", f"data.cache_dir={cache_dir}", "data.min_user_ratings=5",
+           "split.ratios=[0.6,0.2,0.2]", "head=clcrec", "model.dim=16", "clcrec.hidden_dim=32",
+           "clcrec.num_neg=8", "clcrec.encoder=gcn", "fields.text=null", "fields.g.modality=features",
+           "fields.g.source=multihot", "fields.g.column=genres", "train.epochs=2",
+           "train.max_steps_per_epoch=4", "train.batch_size=32", "eval.baselines=[random]", f"run_dir={clc}")
+    m = json.loads((clc / "metrics.json").read_text())
+    assert m["resources"]["processes"] == 2 and [h["step"] for h in m["history"]] == [4, 8]
+    again = evaluate_run(clc)
+    for part in ("val", "test"):
+        assert again[part] == pytest.approx(m[part], abs=1e-9), part

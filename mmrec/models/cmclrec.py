@@ -40,6 +40,15 @@ Choices where the paper is silent or inconsistent, made explicit:
 - Psi_s and the sequence self-attention are causal, so that the states fed to SASRec at
   position t never see items after t (SASRec trains on every position's next item).
 - Psi_s embeds items with SASRec's item table (input and output embeddings shared, as in SASRec).
+
+Several processes (`accelerate launch`): the batch-level terms are over the GLOBAL batch, so N
+processes x batch B compute the loss of one process with batch N*B (the `mmrec` head's rule):
+InfoNCE scores this rank's anchors against the gathered views of every rank (labels offset by
+rank, `mmrec.distributed.gather_with_grad`), the MMD (and its median kernel width) is computed on
+the gathered p_s / p_f, and the next-item loss is normalised by the global number of positions.
+The per-user means (reconstruction, simulated-cold next-item loss) need nothing: every rank has
+B users. Only the augmentation masks (like dropout) are drawn per rank. SASRec's blocks get no
+gradient while pre-training, hence `ddp_find_unused_parameters`.
 """
 from __future__ import annotations
 
@@ -49,17 +58,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrec.data.sequences import UserSplit
+from mmrec.distributed import gather_with_grad, rank_and_world
 from mmrec.models import register_head
-from mmrec.models.sasrec import SASRecModel, attention_mask, left_padded, next_item_loss
+from mmrec.models.sasrec import SASRecModel, attention_mask, next_item_loss
 
 
 # ---------------------------------------------------------------------------------------------
 # losses (tested against plain loops in tests/test_cmclrec.py)
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
-    """Eq. 3/4: -1/N sum_k log( exp(s(a_k, b_k)/tau) / sum_t exp(s(a_k, b_t)/tau) ), s = cosine."""
+def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float, offset: int = 0) -> torch.Tensor:
+    """Eq. 3/4: -1/N sum_k log( exp(s(a_k, b_k)/tau) / sum_t exp(s(a_k, b_t)/tau) ), s = cosine.
+    b may hold more rows than a (the global batch): a_k's positive is b[offset + k]."""
     sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
-    return F.cross_entropy(sim, torch.arange(len(a), device=a.device))
+    return F.cross_entropy(sim, torch.arange(len(a), device=a.device) + offset)
+
+
+def global_info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """info_nce of this rank's anchors against the views of every rank's batch (one process:
+    info_nce itself); the data-parallel mean over ranks is the global batch's loss."""
+    rank, _ = rank_and_world()
+    return info_nce(a, gather_with_grad(b), tau, rank * len(a))
 
 
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -161,6 +179,9 @@ class SequenceEncoder(nn.Module):
 
 @register_head("cmclrec")
 class CMCLRecModel(SASRecModel):
+    uses_features = True                  # a cold user's state is decoded from its features
+    ddp_find_unused_parameters = True     # stage 1 (pre-training) leaves SASRec's blocks unused
+
     def __init__(self, cfg: dict, split: UserSplit):
         super().__init__(cfg, split)
         c, d, L = cfg["cmclrec"], self.rec.dim, self.max_len
@@ -207,9 +228,9 @@ class CMCLRecModel(SASRecModel):
         f2 = codes.masked_fill(fm2.to(codes.device), 0)
         s1 = ids.masked_fill(sm1.to(ids.device), self.rec.mask_token)
         s2 = ids.masked_fill(sm2.to(ids.device), self.rec.mask_token)
-        lc_f = info_nce(self.psi_f(f1).mean(1), self.psi_f(f2).mean(1), tau)
-        lc_s = info_nce(self.psi_s(self.rec.embed(s1), valid)[:, -1],
-                        self.psi_s(self.rec.embed(s2), valid)[:, -1], tau)
+        lc_f = global_info_nce(self.psi_f(f1).mean(1), self.psi_f(f2).mean(1), tau)
+        lc_s = global_info_nce(self.psi_s(self.rec.embed(s1), valid)[:, -1],
+                               self.psi_s(self.rec.embed(s2), valid)[:, -1], tau)
         _, T_s = self.seq_states(ids)
         _, T_f = self.feature_states(codes)
         p_s, p_f = self.E_s(T_s.flatten(1)), self.E_f(T_f.flatten(1))
@@ -222,7 +243,9 @@ class CMCLRecModel(SASRecModel):
         l_s = reconstruction(self.D_s(p_s), tgt_s, per_dim)
         l_f = reconstruction(self.D_f(p_f), tgt_f, per_dim)
         sim = self.D_s(p_f)
-        l_mmd = mmd(p_s, p_f, c["mmd_sigma"])
+        # Global batch: every rank computes the same MMD over the gathered codes; the gathers'
+        # backward sums the ranks' gradients, and the data-parallel mean divides them again.
+        l_mmd = mmd(gather_with_grad(p_s), gather_with_grad(p_f), c["mmd_sigma"])
         l_xrec = reconstruction(sim, tgt_s, per_dim)
         l_cross = l_mmd + l_xrec
         l_c2l = l_s + l_f + float(c["lambda_cross"]) * l_cross
@@ -251,15 +274,15 @@ class CMCLRecModel(SASRecModel):
         return out
 
     # evaluation -----------------------------------------------------------------------------
-    def user_states(self, users: np.ndarray, device="cpu") -> torch.Tensor:
-        """Warm users: R(T_s) of their known sequence; cold users: R(simulated sequence)."""
-        users = np.asarray(users)
-        ids = torch.from_numpy(left_padded(self.split, users, self.max_len)).to(device)
-        codes = torch.from_numpy(self.split.features[users]).to(device)
+    def sequence_states(self, ids: np.ndarray, codes: np.ndarray, cold: np.ndarray,
+                        device="cpu") -> torch.Tensor:
+        """Warm users: R(T_s) of their known sequence; cold users (and brand-new users known only
+        by their features): R(simulated sequence D_s(E_f(T_f))) of their feature codes."""
+        ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
+        codes = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(device)
         _, T_s = self.seq_states(ids)
         warm = self.rec.encode(T_s, ids > 0)[:, -1]
         _, T_f = self.feature_states(codes)
-        cold = self.rec.encode(self.simulate(T_f), torch.ones_like(ids, dtype=torch.bool))[:, -1]
-        is_cold = torch.from_numpy(self.split.is_cold(users)).to(device)
-        return torch.where(is_cold[:, None], cold, warm)
-
+        cold_states = self.rec.encode(self.simulate(T_f), torch.ones_like(ids, dtype=torch.bool))[:, -1]
+        is_cold = torch.from_numpy(np.asarray(cold, dtype=bool)).to(device)
+        return torch.where(is_cold[:, None], cold_states, warm)

@@ -10,7 +10,18 @@ same ranking for every cold user; `cmclrec` replaces that input by a simulated s
 
 The head also provides the trainer's hooks for heads with their own split:
 `prepare_data` (data and split), `evaluate_part` (overall / cold / warm metrics) and
-`baselines` (random and popularity on the same split).
+`baselines` (random and popularity on the same split), and `load_run` / `evaluate_run` for
+`mmrec evaluate` and `mmrec export` (see `mmrec.export`).
+
+A user's vector is the last position's state of its input sequence (`sequence_states`); an item's
+is its row of the item embedding table (`item_table`); score = user . item. Evaluation and export
+both score with exactly these (`StateScorer`).
+
+Several processes (`accelerate launch`): every rank trains on its slice of the global batch; the
+next-item loss is normalised by the global number of target positions, so N processes x batch B
+give the gradient of one process with batch N*B. Evaluation and baselines rank whole chunks of
+users per process and gather the per-user metrics (`mmrec.evaluation.ranking.evaluate_ranking`),
+so every process gets the single-process numbers.
 """
 from __future__ import annotations
 
@@ -24,11 +35,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from mmrec.data.sequences import SequenceData, UserSplit, prepare_sequences
-from mmrec.evaluation.evaluator import DotScorer, EvalResult, RankingEvaluator
+from mmrec.data.sequences import PART_CODES, TRAIN, SequenceData, UserSplit, prepare_sequences
+from mmrec.distributed import is_distributed
+from mmrec.evaluation.evaluator import EvalResult, RankingEvaluator
+from mmrec.evaluation.ranking import evaluate_ranking
 from mmrec.models import register_head
 
 log = logging.getLogger("mmrec")
+
+# user_part code -> name (users.csv of `mmrec export`)
+PART_NAMES = {TRAIN: "train", **{code: f"{p}_{k}" for (p, k), code in PART_CODES.items()}}
 
 
 def attention_mask(valid: torch.Tensor, heads: int, causal: bool = True) -> torch.Tensor:
@@ -134,8 +150,20 @@ def left_padded(split: UserSplit, users: np.ndarray, max_len: int) -> np.ndarray
 
 
 def next_item_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. 14 / SASRec-CE: cross-entropy over all items at every non-padding position."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1) - 1, ignore_index=-1)
+    """Eq. 14 / SASRec-CE: cross-entropy over all items at every non-padding position.
+
+    On several processes the mean is over the positions of the global batch: this rank's sum
+    times the world size over the global count, so the data-parallel average of the gradients is
+    the gradient of the global-batch mean (windows of different lengths give the ranks
+    different numbers of positions)."""
+    flat, t = logits.reshape(-1, logits.shape[-1]), target.reshape(-1) - 1
+    if not is_distributed():
+        return F.cross_entropy(flat, t, ignore_index=-1)
+    import torch.distributed as dist
+    count = (t >= 0).sum().to(torch.float64)
+    dist.all_reduce(count)
+    total = F.cross_entropy(flat, t, ignore_index=-1, reduction="sum")
+    return total * dist.get_world_size() / count.clamp_min(1).to(total.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,14 +181,35 @@ def split_metrics(res: EvalResult, split: UserSplit) -> dict:
     return out
 
 
-def evaluate_scores(score_fn, split: UserSplit, part: str, eval_cfg: dict) -> dict:
+def evaluate_scores(score_fn, split: UserSplit, part: str, eval_cfg: dict, device="cpu") -> dict:
     """Full ranking over all items for the part's cold and warm users: targets = each user's
-    held-out last items; each user's known items are excluded (masked with -inf)."""
+    held-out last items; each user's known items are excluded (masked with -inf). On several
+    processes each ranks a block of whole user chunks; the per-user metrics are gathered."""
     users = split.users_of(part)
     evaluator = RankingEvaluator(eval_cfg["ks"], eval_cfg["user_chunk"])
-    res = evaluator.evaluate(score_fn, users, np.arange(split.n_items), split.targets(users),
-                             exclude=split.known(users), n_items=split.n_items)
+    res = evaluate_ranking(score_fn, users, np.arange(split.n_items), split.targets(users), evaluator,
+                           exclude=split.known(users), n_items=split.n_items, device=device)
     return split_metrics(res, split)
+
+
+class StateScorer:
+    """The sequential heads' score function: users [c] -> user . item for every item [c, n_items],
+    the users' states computed on demand in batches of `batch` (so each process only encodes the
+    users it ranks). Evaluation and export both use it."""
+
+    def __init__(self, model: "SASRecModel", device="cpu", batch: int = 256):
+        self.model, self.device, self.batch = model, device, int(batch)
+        self.items = model.item_table()
+
+    @torch.no_grad()
+    def states(self, users: np.ndarray) -> torch.Tensor:
+        users = np.asarray(users, dtype=np.int64)
+        out = [self.model.user_states(users[s:s + self.batch], self.device).float().cpu()
+               for s in range(0, len(users), self.batch)]
+        return torch.cat(out) if out else torch.zeros(0, self.items.shape[1])
+
+    def __call__(self, users: torch.Tensor) -> torch.Tensor:
+        return self.states(users.cpu().numpy()) @ self.items.T
 
 
 def popularity_scores(split: UserSplit) -> torch.Tensor:
@@ -170,7 +219,7 @@ def popularity_scores(split: UserSplit) -> torch.Tensor:
     return torch.from_numpy(counts).float()
 
 
-def sequence_baselines(cfg: dict, split: UserSplit, parts=("val", "test")) -> dict:
+def sequence_baselines(cfg: dict, split: UserSplit, parts=("val", "test"), device="cpu") -> dict:
     """random (seeded) and popularity (counts over the known items of known users)."""
     from mmrec.evaluation.baselines import RandomScorer
     pop = popularity_scores(split)
@@ -183,7 +232,7 @@ def sequence_baselines(cfg: dict, split: UserSplit, parts=("val", "test")) -> di
         else:
             out[name] = {"skipped": f"not available for head '{cfg['head']}' (random | popularity)"}
             continue
-        out[name] = {part: evaluate_scores(fn, split, part, cfg["eval"]) for part in parts}
+        out[name] = {part: evaluate_scores(fn, split, part, cfg["eval"], device) for part in parts}
     return out
 
 
@@ -191,6 +240,9 @@ def sequence_baselines(cfg: dict, split: UserSplit, parts=("val", "test")) -> di
 
 @register_head("sasrec")
 class SASRecModel(nn.Module):
+    uses_features = False                 # plain SASRec: a cold user's input is all padding
+    ddp_find_unused_parameters = False    # every parameter takes part in every step
+
     def __init__(self, cfg: dict, split: UserSplit):
         super().__init__()
         self.cfg = cfg
@@ -230,21 +282,15 @@ class SASRecModel(nn.Module):
 
     @torch.no_grad()
     def evaluate_part(self, prepared: SequenceData, part: str, eval_cfg: dict, device="cpu") -> dict:
-        split = prepared.split
-        users = split.users_of(part)
-        states = torch.zeros(split.n_users, self.rec.dim)
-        for s in range(0, len(users), 256):
-            chunk = users[s:s + 256]
-            states[torch.from_numpy(chunk)] = self.user_states(chunk, device).float().cpu()
-        items = self.rec.item_weights().detach().float().cpu()
-        return evaluate_scores(DotScorer(states, items), split, part, eval_cfg)
+        return evaluate_scores(StateScorer(self, device), prepared.split, part, eval_cfg, device)
 
     def baselines(self, cfg: dict, prepared: SequenceData, device="cpu") -> dict:
-        return sequence_baselines(cfg, prepared.split)
+        return sequence_baselines(cfg, prepared.split, device=device)
 
     @classmethod
-    def evaluate_run(cls, run_dir, parts=("val", "test"), overrides: list[str] | None = None) -> dict:
-        """`mmrec evaluate RUN_DIR`: the best model on the run's saved user split."""
+    def load_run(cls, run_dir, overrides: list[str] | None = None):
+        """(config, user split, model in eval mode with the best epoch's weights) of a finished
+        run, from its directory alone (config.yaml, split.npz, model/)."""
         from safetensors.torch import load_file
 
         from mmrec.config import load_config
@@ -253,19 +299,46 @@ class SASRecModel(nn.Module):
         if not weights.exists():
             raise FileNotFoundError(f"{run_dir}: no trained model (model/model.safetensors); train first")
         cfg = load_config(run_dir / "config.yaml", overrides)
-        prepared = prepare_sequences(cfg, UserSplit.load(run_dir / "split.npz"))
-        model = cls.build(cfg, prepared)
+        split = UserSplit.load(run_dir / "split.npz")
+        model = cls(cfg, split)
         model.load_state_dict(load_file(str(weights)))
         model.eval()
-        out = {part: model.evaluate_part(prepared, part, cfg["eval"]) for part in parts}
-        (run_dir / "evaluation.json").write_text(json.dumps(out, indent=1))
+        return cfg, split, model
+
+    @classmethod
+    def evaluate_run(cls, run_dir, parts=("val", "test"), overrides: list[str] | None = None) -> dict:
+        """`mmrec evaluate RUN_DIR`: the best model on the run's saved user split (checked against
+        the data), on one or many processes; the main process writes evaluation.json."""
+        from mmrec.training.trainer import make_accelerator
+        acc = make_accelerator()
+        run_dir = Path(run_dir)
+        cfg, split, model = cls.load_run(run_dir, overrides)
+        prepared = prepare_sequences(cfg, split, acc)
+        model.to(acc.device)
+        out = {part: model.evaluate_part(prepared, part, cfg["eval"], acc.device) for part in parts}
+        if acc.is_main_process:
+            (run_dir / "evaluation.json").write_text(json.dumps(out, indent=1))
         return out
 
     # model --------------------------------------------------------------------------------
+    def item_table(self) -> torch.Tensor:
+        """[n_items, d] float32 on the CPU: what every item is scored with (the rows of the
+        item embedding table, SASRec's shared input/output embeddings), in split.item_ids order."""
+        return self.rec.item_weights().detach().float().cpu()
+
     def user_states(self, users: np.ndarray, device="cpu") -> torch.Tensor:
-        """[len(users), d]: the last position's state; cold users have an all-padding input."""
-        ids = torch.from_numpy(left_padded(self.split, users, self.max_len)).to(device)
-        return self.rec(ids)[:, -1]
+        """[len(users), d] of the split's users: their last max_len known items (none for cold
+        users), their feature codes and whether they are cold (`sequence_states`)."""
+        users = np.asarray(users, dtype=np.int64)
+        return self.sequence_states(left_padded(self.split, users, self.max_len),
+                                    self.split.features[users], self.split.is_cold(users), device)
+
+    def sequence_states(self, ids: np.ndarray, codes: np.ndarray, cold: np.ndarray,
+                        device="cpu") -> torch.Tensor:
+        """[B, d]: the last position's state of left-padded item ids [B, max_len] (1..n_items);
+        a cold user has an all-padding input. `codes` / `cold` are unused here (cmclrec: a cold
+        user's state comes from its feature codes)."""
+        return self.rec(torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device))[:, -1]
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         h = self.rec(batch["input"])

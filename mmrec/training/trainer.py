@@ -36,18 +36,22 @@ from mmrec.transfer import apply_transfer, frozen_eval
 log = logging.getLogger("mmrec")
 
 
-def make_accelerator():
+def make_accelerator(find_unused_parameters: bool = False):
     """The Accelerator for any launch: plain `python -m mmrec`, `accelerate launch` (DDP) on GPUs
     or CPU processes, or DeepSpeed. Mixed precision and gradient accumulation come from the
-    launch config (or ACCELERATE_* variables), never from mmrec's config."""
+    launch config (or ACCELERATE_* variables), never from mmrec's config.
+    find_unused_parameters: DDP tolerates parameters without a gradient in a step (a head whose
+    training stages use different modules, e.g. cmclrec's pre-training)."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or deepspeed
     handlers = []
     if launched and not torch.cuda.is_available():
         # CPU processes talk over gloo; DeepSpeed under Accelerate on CPU also needs it (DESIGN §3).
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if find_unused_parameters:
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     # Without CUDA, a multi-GPU launch config still gives CPU ranks; `cpu=True` must not be set
     # under DeepSpeed, where it would silently replace DeepSpeed by plain data parallelism.
     cpu = not torch.cuda.is_available() and not deepspeed
@@ -125,7 +129,8 @@ def _fmt(metrics: dict, keys=("ndcg@10", "recall@10", "precision@10")) -> str:
 
 class Trainer:
     def __init__(self, cfg: dict, resume_dir: str | Path | None = None):
-        self.accelerator = acc = make_accelerator()
+        head = head_class(cfg["head"])
+        self.accelerator = acc = make_accelerator(bool(getattr(head, "ddp_find_unused_parameters", False)))
         self.resume = resume_dir is not None
         if self.resume:
             run_dir = Path(resume_dir)
@@ -152,7 +157,7 @@ class Trainer:
         set_seed(int(cfg["seed"]))
         # A head with its own data and split (e.g. the user cold-start heads) provides
         # `prepare_data(cfg, run_dir, resume, accelerator)`; it also saves split.npz and the report.
-        head_prepare = getattr(head_class(cfg["head"]), "prepare_data", None)
+        head_prepare = getattr(head, "prepare_data", None)
         if head_prepare is not None:
             self.prepared = head_prepare(cfg, run_dir, self.resume, acc)
         else:
