@@ -47,7 +47,7 @@ ROWS = [("random", "Random"),
         ("clcrec-text+trailer", "CLCRec, frozen text + stand-in-trailer features"),
         ("trailer-encoder", "mmrec end-to-end, stand-in trailers only"),
         ("mmrec", "mmrec end-to-end, text (MiniLM fine-tuned)")]
-METRICS = ("ndcg@10", "recall@10")
+METRICS = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10"}
 
 
 def trailer_field(feature_dir: Path) -> list[str]:
@@ -109,7 +109,7 @@ def same_split(dirs: list[Path]) -> None:
 
 
 def table(found: dict[str, list[dict]], seeds: list[int]) -> str:
-    head = "| Item representation | " + " | ".join(m.upper().replace("@", "@") for m in METRICS) + " | seeds |"
+    head = "| Item representation | " + " | ".join(METRICS.values()) + " | seeds |"
     lines = [head, "|---|" + "---|" * (len(METRICS) + 1)]
     for key, label in ROWS:
         vals = found.get(key) or []
