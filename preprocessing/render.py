@@ -52,6 +52,8 @@ TRAILER_DEFAULTS: dict = {
     "size": 32,             # frame height = width in pixels (even, for yuv420p)
     "fps": 8,
     "noise": 0.03,          # std of the per-pixel Gaussian noise, as a fraction of 255
+    "wrap": True,           # the shape wraps around the frame edges (True: most frames show it cut
+                            # in pieces); False: its whole path stays inside the frame
 }
 
 # decord 0.6.0 decodes frames of these widths into arrays of the wrong shape (padded rows read as
@@ -143,8 +145,25 @@ def _noise(rng: np.random.Generator, shape: tuple, noise: float) -> np.ndarray:
     return rng.normal(0.0, noise * 255.0, size=shape).astype(np.float32)
 
 
-def _object_scene(a: dict, n: int, size: int, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """n frames of one shape moving with wrap-around; float32 [n, size, size, 3] in 0..255.
+def inside_starts(direction: str, speed: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per axis (x, y), the range of start centres whose whole n-frame path keeps the shape
+    (radius 0.22 size; the diamond reaches 1.1 r, plus a pixel of anti-aliasing) inside the frame."""
+    r = size * 0.22
+    extent = 1.1 * r + 1.0
+    travel = np.asarray(DIRECTIONS[direction]) * SPEEDS[speed] * size / 32.0 * (n - 1)
+    lo = extent - np.minimum(travel, 0.0)
+    hi = size - extent - np.maximum(travel, 0.0)
+    if (hi < lo).any():
+        raise ValueError(f"a {speed} shape moving {direction} for {n} frames does not stay inside a "
+                         f"{size}-px frame (it needs {2 * extent + np.abs(travel).max():.0f} px): use "
+                         "trailer.wrap: true, fewer frames_per_scene, or drop that speed")
+    return lo, hi
+
+
+def _object_scene(a: dict, n: int, size: int, noise: float, rng: np.random.Generator,
+                  wrap: bool = True) -> np.ndarray:
+    """n frames of one moving shape; float32 [n, size, size, 3] in 0..255. With ``wrap`` it
+    starts anywhere and wraps around the edges; without, it starts where its path stays inside.
 
     Drawn for all frames at once: each pixel's offset to the (wrapped) centre at time t gives the
     shape's coverage and the texture, both in the object's frame so the texture moves with it.
@@ -153,7 +172,11 @@ def _object_scene(a: dict, n: int, size: int, noise: float, rng: np.random.Gener
     period = max(2.0, size / 8.0)
     speed = SPEEDS[a["speed"]] * size / 32.0
     vx, vy = DIRECTIONS[a["direction"]]
-    c0 = rng.uniform(0, size, 2)
+    if wrap:
+        c0 = rng.uniform(0, size, 2)
+    else:
+        lo, hi = inside_starts(a["direction"], a["speed"], n, size)
+        c0 = rng.uniform(lo, hi)
     t = np.arange(n, dtype=np.float64)
     cx = (c0[0] + vx * speed * t)[:, None, None]
     cy = (c0[1] + vy * speed * t)[:, None, None]
@@ -187,7 +210,8 @@ def _filler_scene(n: int, size: int, noise: float, rng: np.random.Generator) -> 
 
 def render_frames(attrs: dict, *, scenes: int = 8, informative: int = 3, frames_per_scene: int = 8,
                   size: int = 32, noise: float = 0.03, seed: int = 0,
-                  vocab: dict[str, Sequence[str]] | None = None, fps: int | None = None) -> Rendered:
+                  vocab: dict[str, Sequence[str]] | None = None, fps: int | None = None,
+                  wrap: bool = True) -> Rendered:
     """The frames of one trailer. Attributes missing from ``attrs`` are nuisance: drawn per scene
     from ``vocab`` (default: everything the renderer knows), so the video says nothing of them."""
     del fps  # accepted so a trailer parameter dict can be passed whole
@@ -202,7 +226,7 @@ def render_frames(attrs: dict, *, scenes: int = 8, informative: int = 3, frames_
         if s in shown:
             a = {k: (attrs[k] if k in attrs else vocab[k][int(rng.integers(len(vocab[k])))])
                  for k in RENDER_VOCAB}
-            out.append(_object_scene(a, frames_per_scene, size, noise, rng))
+            out.append(_object_scene(a, frames_per_scene, size, noise, rng, wrap))
             scene_attrs.append(a)
         else:
             out.append(_filler_scene(frames_per_scene, size, noise, rng))
@@ -273,7 +297,7 @@ def _write_png(frame: np.ndarray, path: Path) -> None:
 
 def render_stills(attrs: dict, paths: Sequence[str | Path], k: int | None = None, size: int = 32,
                   seed: int = 0, *, noise: float = 0.03,
-                  vocab: dict[str, Sequence[str]] | None = None) -> list[Path]:
+                  vocab: dict[str, Sequence[str]] | None = None, wrap: bool = True) -> list[Path]:
     """Write up to k still images (PNG, or JPEG by suffix), one frame each, for the image modality.
 
     Each still shows the item's shape at a random position; motion cannot be seen in a still, and
@@ -285,7 +309,7 @@ def render_stills(attrs: dict, paths: Sequence[str | Path], k: int | None = None
     for path in paths:
         a = {key: (attrs[key] if key in attrs else vocab[key][int(rng.integers(len(vocab[key])))])
              for key in RENDER_VOCAB}
-        frame = _object_scene(a, 1, size, noise, rng)[0]
+        frame = _object_scene(a, 1, size, noise, rng, wrap)[0]
         _write_png(np.clip(np.rint(frame), 0, 255).astype(np.uint8), path)
     return paths
 
@@ -322,7 +346,7 @@ def _run_job(job: RenderJob) -> int:
     if missing:  # stills are cheap: redraw all so each keeps its own seed-determined content
         attrs = job.attrs if job.still_attrs is None else job.still_attrs
         render_stills(attrs, job.still_paths, len(job.still_paths), params["size"],
-                      seed=job.seed + 1, noise=params["noise"], vocab=job.vocab)
+                      seed=job.seed + 1, noise=params["noise"], vocab=job.vocab, wrap=params["wrap"])
         n += len(missing)
     return n
 

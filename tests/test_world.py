@@ -86,6 +86,32 @@ def test_nuisance_attributes_vary_per_scene():
     assert len({a["shape"] for a in r.scene_attrs}) > 1 and len({a["direction"] for a in r.scene_attrs}) > 1
 
 
+def test_without_wrap_the_shape_stays_inside_the_frame():
+    """wrap=False: no frame shows the shape touching an edge (with wrap, many do), the motion
+    still goes its way, and a motion that cannot fit is refused with the reason."""
+    def coloured(frames):   # the red shape: R well above G (the background is grey)
+        return frames[..., 0].astype(int) - frames[..., 1].astype(int) > 60
+    touching = {True: 0, False: 0}
+    for wrap in (True, False):
+        for seed in range(12):
+            r = render_frames({**ATTRS, "speed": "slow", "direction": "up"}, scenes=2, informative=2,
+                              frames_per_scene=8, size=32, noise=0.0, seed=seed, wrap=wrap)
+            m = coloured(r.frames)
+            edge = m[:, 0, :].any(1) | m[:, -1, :].any(1) | m[:, :, 0].any(1) | m[:, :, -1].any(1)
+            touching[wrap] += int(edge.sum())
+            if not wrap:
+                ys = [np.nonzero(f)[0].mean() for f in m[:8]]
+                assert np.allclose(np.diff(ys), -1.0, atol=0.2)      # 1 px per frame, upwards
+    assert touching[False] == 0 and touching[True] > 40
+    with pytest.raises(ValueError, match="does not stay inside a 32-px frame"):
+        render_frames({**ATTRS, "speed": "fast"}, frames_per_scene=8, size=32, wrap=False)
+    with pytest.raises(ValueError, match="world.trailer.wrap=false"):
+        resolve_config({"trailer": {"wrap": False}})       # fast motion over 8 frames at 32 px
+    c = resolve_config({"trailer": {"wrap": False}, "attributes": {**WORLD_DEFAULTS["attributes"],
+                                                                    "speed": ["slow"]}})
+    assert c["trailer"]["wrap"] is False
+
+
 def test_widths_decord_misreads_are_refused(tmp_path):
     with pytest.raises(ValueError, match="decord"):
         render_trailer(ATTRS, tmp_path / "x.mp4", size=16)

@@ -54,7 +54,7 @@ WORLD_DEFAULTS: dict = {
     "exposure": 2.0,                # how strongly affinity decides which items a user rates (0: random)
     "rating_shares": [0.1, 0.15, 0.25, 0.3, 0.2],  # share of 1..5 stars; >= 4 (positive) = 50%
     "trailer": {"scenes": 8, "informative": 3, "frames_per_scene": 8, "size": 32, "fps": 8,
-                "noise": 0.03},
+                "noise": 0.03, "wrap": True},   # wrap: shapes wrap around the frame edges
     "stills": 2,                    # still images per item (0: no `images` column)
     "seed": 0,
 }
@@ -149,6 +149,14 @@ def _check_config(c: dict) -> None:
     check_size(t["size"])
     if not 1 <= t["informative"] <= t["scenes"]:
         raise ValueError(f"world.trailer: informative={t['informative']} not in 1..scenes={t['scenes']}")
+    if not t["wrap"]:   # every motion the world can draw must fit in the frame
+        from preprocessing.render import RENDER_VOCAB, inside_starts
+        for d in c["attributes"].get("direction", RENDER_VOCAB["direction"]):
+            for v in c["attributes"].get("speed", RENDER_VOCAB["speed"]):
+                try:
+                    inside_starts(d, v, t["frames_per_scene"], t["size"])
+                except ValueError as e:
+                    raise ValueError(f"world.trailer.wrap=false: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +314,10 @@ def load_oracle(dataset_dir: str | Path) -> Oracle | None:
 def _render_key(c: dict) -> str:
     """What the rendered files depend on; a directory rendered for another world is refused."""
     keys = ("n_items", "attributes", "video", "image", "trailer", "stills", "seed")
-    blob = json.dumps({k: c[k] for k in keys}, sort_keys=True)
+    key = {k: c[k] for k in keys}
+    if key["trailer"].get("wrap", True):   # the default: worlds rendered before it existed keep their key
+        key["trailer"] = {k: v for k, v in key["trailer"].items() if k != "wrap"}
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
