@@ -78,17 +78,18 @@ from mmrec.models import HEADS, head_class
 
 def load_trained(run_dir: str | Path, overrides: list[str] | None = None):
     """(config, split, model in eval mode with the best epoch's weights) of a finished run."""
-    from safetensors.torch import load_file
     from mmrec.models import mmrec_model  # noqa: F401  (registers the head)
     from mmrec.models import clcrec  # noqa: F401  (registers 'clcrec')
+    from mmrec.training.checkpoint import best_weights
     run_dir = Path(run_dir)
-    weights = run_dir / "model" / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{run_dir}: no trained model (model/model.safetensors); train first")
+    state = best_weights(run_dir)
     cfg = load_config(run_dir / "config.yaml", overrides)
+    head = head_class(cfg["head"])
+    if hasattr(head, "load_run"):   # heads with their own split (sasrec, cmclrec)
+        return head.load_run(run_dir, overrides)
     split = Split.load(run_dir / "split.npz")
     model = HEADS[cfg["head"]](cfg, split.n_users, split.n_items, None)
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(state)
     model.eval()
     return cfg, split, model
 

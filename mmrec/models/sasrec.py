@@ -291,17 +291,14 @@ class SASRecModel(nn.Module):
     def load_run(cls, run_dir, overrides: list[str] | None = None):
         """(config, user split, model in eval mode with the best epoch's weights) of a finished
         run, from its directory alone (config.yaml, split.npz, model/)."""
-        from safetensors.torch import load_file
-
         from mmrec.config import load_config
+        from mmrec.training.checkpoint import best_weights
         run_dir = Path(run_dir)
-        weights = run_dir / "model" / "model.safetensors"
-        if not weights.exists():
-            raise FileNotFoundError(f"{run_dir}: no trained model (model/model.safetensors); train first")
+        state = best_weights(run_dir)
         cfg = load_config(run_dir / "config.yaml", overrides)
         split = UserSplit.load(run_dir / "split.npz")
         model = cls(cfg, split)
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
         model.eval()
         return cfg, split, model
 

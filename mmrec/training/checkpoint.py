@@ -24,6 +24,15 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def best_weights(run_dir: str | Path) -> dict:
+    """The state dict of a finished run's best model (<run>/model/model.safetensors)."""
+    from safetensors.torch import load_file
+    weights = Path(run_dir) / "model" / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"{run_dir}: no trained model (model/model.safetensors); train first")
+    return load_file(str(weights))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     dirs = checkpoint_dirs(run_dir)
     return dirs[-1] if dirs else None
