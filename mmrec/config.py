@@ -182,6 +182,18 @@ def _type_raw(layer: dict, schema: dict, current: dict | None, top: bool = True)
     return out
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a.b': value} for every leaf; non-scalar leaves as strings (for trackers and diffs)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():

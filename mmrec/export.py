@@ -125,9 +125,9 @@ def _read_table(path: str | Path, kind: str) -> pd.DataFrame:
     return df
 
 
-def _run_head(run_dir: str | Path):
+def _run_head(run_dir: str | Path, overrides: list[str] | None = None):
     cfg_file = Path(run_dir) / "config.yaml"
-    return head_class(load_config(cfg_file)["head"]) if cfg_file.exists() else None
+    return head_class(load_config(cfg_file, overrides)["head"]) if cfg_file.exists() else None
 
 
 @torch.no_grad()
@@ -373,8 +373,7 @@ def evaluate_run(run_dir: str | Path, parts=("val", "test"), overrides: list[str
     """Re-evaluate a run's best model on its saved split (on one or many processes), with the
     evaluation the trainer used: the head's own (`evaluate_part`, e.g. clcrec's cold / warm / all
     metrics) where it has one."""
-    cfg_file = Path(run_dir) / "config.yaml"
-    head = head_class(load_config(cfg_file, overrides)["head"]) if cfg_file.exists() else None
+    head = _run_head(run_dir, overrides)
     if hasattr(head, "evaluate_run"):   # heads with their own split (sasrec, cmclrec)
         return head.evaluate_run(run_dir, parts, overrides)
     from mmrec.data.pipeline import prepare

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrec.config import load_config
+from mmrec.config import flatten, load_config
 from mmrec.sweep import run_cell
 
 TEXT_CFG = "configs/ml100k.yaml"
@@ -64,19 +64,11 @@ def cells(out: Path, seed: int, overrides: list[str]) -> dict[str, tuple[str, li
                 (out / "trailer-features" / f"seed-{seed}").resolve()))}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def check_reused(run_dir: Path, config: str, overrides: list[str], seed: int) -> None:
     """A reused run must be the run this command would train (run_dir, progress and other heads'
     sections aside)."""
-    want = _flat(load_config(config, overrides + [f"seed={seed}", f"split.seed={seed}"]))
-    have = _flat(load_config(run_dir / "config.yaml"))
+    want = flatten(load_config(config, overrides + [f"seed={seed}", f"split.seed={seed}"]))
+    have = flatten(load_config(run_dir / "config.yaml"))
     skip = ("run_dir", "train.progress")
     other_heads = {"clcrec", "cmclrec", "sasrec"} - {want["head"]}   # sections this head never reads
     diff = sorted(k for k in set(want) | set(have) if k not in skip and k.split(".")[0] not in other_heads

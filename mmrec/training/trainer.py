@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmrec.config import ConfigError, dump_config, load_config
+from mmrec.config import ConfigError, dump_config, flatten, load_config
 from mmrec.data.batches import EpochSampler
 from mmrec.data.pipeline import prepare
 from mmrec.data.split import Split
@@ -112,17 +112,6 @@ def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
 def _fmt(metrics: dict, keys=("ndcg@10", "recall@10", "precision@10")) -> str:
     return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
@@ -210,7 +199,7 @@ class Trainer:
                 self.state = json.loads((ckpt / "trainer_state.json").read_text())
                 log.info("resumed from %s (epoch %d, batch %d, step %d)", ckpt.name,
                          self.state["epoch"], self.state["batch"], self.state["step"])
-        acc.init_trackers("tensorboard", config=_flat(cfg))
+        acc.init_trackers("tensorboard", config=flatten(cfg))
 
     # -------------------------------------------------------------------------------------
     def evaluate(self, part: str) -> dict:
