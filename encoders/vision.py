@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers import HybridEmbed, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
+from timm.models.vision_transformer_hybrid import ConvStem
 
 from encoders.base import EncoderOutput
 from encoders.registry import register_encoder
@@ -87,7 +88,8 @@ class FrameEncoder(nn.Module):
         super().__init__()
         self.img_size = int(sizes["img_size"])
         self.tubelet = int(tubelet)
-        self.patch = PatchEmbed(self.img_size, int(sizes["patch_size"]), 3 * self.tubelet, int(sizes["width"]))
+        self.patch = make_stem(spec.get("stem") or "patch", self.img_size, int(sizes["patch_size"]),
+                               3 * self.tubelet, int(sizes["width"]))
         self.transformer = TokenTransformer(self.patch.num_patches, int(sizes["width"]),
                                             int(sizes["depth"]), int(sizes["heads"]),
                                             float(spec["mlp_ratio"]), float(spec["drop_path"]),
@@ -109,8 +111,26 @@ class FrameEncoder(nn.Module):
         return self.transformer.pool(tokens)
 
 
+def make_stem(kind: str, img_size: int, patch: int, in_chans: int, width: int) -> nn.Module:
+    """Pixels -> one token per P x P patch. `patch`: ViT's single strided P x P projection (the
+    paper's). `conv`: timm's ConvStem, log2(P) stride-2 3x3 convolutions then a 1x1 projection
+    ("Early convolutions help transformers see better", Xiao et al. 2021): the same token grid,
+    but local edges and corners come built in, which a from-scratch ViT otherwise learns slowly."""
+    if kind == "patch":
+        return PatchEmbed(img_size, patch, in_chans, width)
+    if kind != "conv":
+        raise ValueError(f"encoders: unknown vision stem {kind!r} (known: patch, conv)")
+    depth = patch.bit_length() - 1
+    if patch < 2 or 2 ** depth != patch:
+        raise ValueError(f"encoders: stem 'conv' needs patch_size a power of two >= 2, got {patch}")
+    chans = tuple(max(8, width // 2 ** (depth - 1 - i)) for i in range(depth))   # ..., w/4, w/2, w
+    stem = ConvStem(in_chans, depth, chans, 3, (2,) * depth)
+    return HybridEmbed(stem, img_size, patch_size=1, in_chans=in_chans, embed_dim=width)
+
+
 VISION_DEFAULTS = {
     "arch": "paper",          # named sizes: paper | tiny (see ARCHS); explicit size keys override
+    "stem": "patch",          # patch (ViT's P x P projection) | conv (log2 P stride-2 convs, see make_stem)
     **{k: None for k in ("img_size", "patch_size", "width", "depth", "heads")},
     "mlp_ratio": 4.0,
     "drop_path": 0.0,

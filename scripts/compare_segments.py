@@ -2,8 +2,9 @@
 centre segment, on the SAME trained models: each run's best model is re-evaluated on its own
 cold-test split with `fields.<field>.segments` set to each value.
 
-Usage (after `mmrec sweep ... --out runs/sweep-world-motion`):
-  python scripts/compare_segments.py runs/sweep-world-motion/temporal=transformer/seed-* --segments 6 1
+Usage (after `mmrec sweep --config configs/world_motion.yaml --grid
+configs/grids/world_motion_temporal.yaml --out runs/sweep-world-motion-v2 --seeds 0 1 2`):
+  python scripts/compare_segments.py runs/sweep-world-motion-v2/vivit/seed-* --segments 6 1
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def main(argv=None) -> None:
                  for v in table[s].values()]
         print(f"| {name} | {len(a.runs)} | " + " | ".join(cells) + " |")
     print("\ncold-test metrics in %, mean ± std over the runs; the same trained models in every row")
+    for s in a.segments:   # paired: the same model scored both ways, run by run
+        print(f"S={s} ndcg@10 per run: " + ", ".join(f"{100 * v:.2f}" for v in table[s]["ndcg@10"]))
 
 
 if __name__ == "__main__":

@@ -175,3 +175,21 @@ def test_tubelets_embed_consecutive_frames_together():
     assert not torch.allclose(got, other, atol=1e-4)
     with pytest.raises(ValueError, match="tubelet"):
         enc({"frames": frames(1, f=5)})
+
+
+def test_conv_stem_keeps_the_token_grid_and_trains():
+    """stem=conv: log2(P) stride-2 convolutions give the same P x P token grid as the patch
+    projection (so positional encodings and the temporal stage are unchanged), every weight gets
+    a gradient, and a patch size that is not a power of two is refused by name."""
+    torch.manual_seed(0)
+    patch = build_encoder(tiny("vivit", tubelet=2), 16)
+    conv = build_encoder(tiny("vivit", tubelet=2, stem="conv"), 16)
+    x = frames(2, f=4)
+    assert patch.frames(x[:, 0].repeat(1, 1, 1, 2)).shape == conv.frames(x[:, 0].repeat(1, 1, 1, 2)).shape
+    assert conv.frames.patch.backbone[0].conv.in_channels == 6 and conv.frames.patch.num_patches == 16
+    conv({"frames": x}).cls.pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
+    with pytest.raises(ValueError, match="power of two"):
+        build_encoder(tiny("vivit", stem="conv", patch_size=6, img_size=36), 16)
+    with pytest.raises(ValueError, match="unknown vision stem"):
+        build_encoder(tiny("vivit", stem="convnext"), 16)

@@ -159,6 +159,9 @@ def test_presets_are_well_formed():
     split = resolve_config(None, "split")
     assert not set(split["video"]) & set(split["text"])
     assert set(split["taste"]) <= set(split["video"]) | set(split["text"])
+    motion = resolve_config(None, "motion")   # items differ in motion only: nothing else to latch onto
+    assert set(motion["taste"]) == {"direction", "speed"} and not motion["text"]
+    assert all(len(v) == 1 for a, v in motion["attributes"].items() if a not in motion["taste"])
     with pytest.raises(KeyError, match="n_items"):
         resolve_config({"n_itemz": 3})
 
