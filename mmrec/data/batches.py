@@ -14,9 +14,27 @@ from torch.utils.data import Dataset, Sampler
 
 
 class EpochSampler(Sampler):
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    """A fresh permutation of the n training pairs every epoch.
+
+    groups / group_size: with `groups` (the item of every pair) and group_size k > 1, the order is
+    made of runs of up to k pairs that share an item (an item's pairs in random order, cut into
+    runs of k; the runs shuffled). A batch of B pairs then holds about B/k distinct items, each
+    encoded once (see `PairCollator`) and pulled by k of its users: k times the rating signal per
+    encoded clip, which is what bounds training speed when the item tower is a video encoder.
+    Every pair still appears exactly once per epoch.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, groups: np.ndarray | None = None,
+                 group_size: int = 1):
         self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
         self.epoch = 0
+        self.group_size = int(group_size)
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if self.group_size > 1:
+            if groups is None or len(groups) != self.n:
+                raise ValueError("group_size > 1 needs the group (item) of each of the n pairs")
+            self.groups = np.asarray(groups, dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -24,8 +42,25 @@ class EpochSampler(Sampler):
     def order(self) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.group_size > 1:
+            perm = self._grouped(perm, rng)
         seeds = rng.integers(0, 2 ** 62, size=self.n)
         return perm, seeds
+
+    def _grouped(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """perm reordered into shuffled runs of <= group_size pairs of one item."""
+        by_item = perm[np.argsort(self.groups[perm], kind="stable")]   # each item's pairs, in perm's order
+        g = self.groups[by_item]
+        new_item = np.r_[True, g[1:] != g[:-1]]
+        item_start = np.maximum.accumulate(np.where(new_item, np.arange(self.n), 0))
+        starts = np.flatnonzero(new_item | ((np.arange(self.n) - item_start) % self.group_size == 0))
+        lengths = np.diff(np.r_[starts, self.n])
+        if self.shuffle:
+            runs = rng.permutation(len(starts))
+            starts, lengths = starts[runs], lengths[runs]
+        # positions of the runs laid end to end: start of its run + offset inside it
+        offsets = np.arange(self.n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return by_item[np.repeat(starts, lengths) + offsets]
 
     def __iter__(self):
         perm, seeds = self.order()
@@ -43,6 +78,11 @@ class PairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @property
+    def group_keys(self) -> np.ndarray:
+        """The item of every pair (for EpochSampler's item-grouped order)."""
+        return self.pairs[:, 1]
 
     def __getitem__(self, key):
         idx, seed = key

@@ -108,6 +108,18 @@ def param_groups(model: torch.nn.Module, train_cfg: dict) -> list[dict]:
     return [{"params": ps, "lr": lr * s} for s, ps in groups.items()]
 
 
+def make_sampler(dataset, train_cfg: dict, seed: int, head: str) -> EpochSampler:
+    """The epoch order; `train.pairs_per_item` k > 1 groups k pairs of one item together."""
+    k = int(train_cfg["pairs_per_item"])
+    if k > 1 and not hasattr(dataset, "group_keys"):
+        raise ConfigError(f"train.pairs_per_item={k}: head '{head}' trains on {type(dataset).__name__}, "
+                          f"which has no per-pair item to group by; use 1")
+    if k < 1 or int(train_cfg["batch_size"]) % k:
+        raise ConfigError(f"train.pairs_per_item={k} must be >= 1 and divide train.batch_size="
+                          f"{train_cfg['batch_size']}")
+    return EpochSampler(len(dataset), seed, groups=getattr(dataset, "group_keys", None), group_size=k)
+
+
 def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -171,7 +183,7 @@ class Trainer:
         if len(dataset) < tc["batch_size"] * acc.num_processes:
             raise ConfigError(f"train.batch_size={tc['batch_size']} x {acc.num_processes} processes "
                               f"exceeds the {len(dataset)} training pairs")
-        self.sampler = EpochSampler(len(dataset), int(cfg["seed"]))
+        self.sampler = make_sampler(dataset, tc, int(cfg["seed"]), cfg["head"])
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=int(tc["batch_size"]), sampler=self.sampler, collate_fn=collate,
             drop_last=True, num_workers=int(tc["num_workers"]),
