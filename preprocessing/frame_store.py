@@ -297,7 +297,9 @@ def _read_json(path: Path, what: str):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    # The temporary name carries the pid: runs started side by side share this cache, and a
+    # shared name let one run's os.replace take the other's file away mid-write.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)

@@ -31,7 +31,7 @@ class RaggedTokens:
         return np.diff(self.offsets)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")   # per process: caches are shared by parallel runs
         np.savez(tmp, ids=self.ids, offsets=self.offsets)
         os.replace(tmp, path)
 

@@ -352,7 +352,7 @@ def _render_jobs(items: pd.DataFrame, c: dict, out: Path) -> list:
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # per process: runs side by side share it
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
 
