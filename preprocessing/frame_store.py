@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from preprocessing.files import write_text_atomic
 from preprocessing.video import MISSING, REASONS, TrailerError, read_trailer
 
 FORMAT = "npy-uint8-THWC"
@@ -296,18 +297,9 @@ def _read_json(path: Path, what: str):
                                 f"build_frame_store first") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # The temporary name carries the pid: runs started side by side share this cache, and a
-    # shared name let one run's os.replace take the other's file away mid-write.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj) -> None:
-    _write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _write_lines(path: Path, rows) -> None:
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -28,6 +28,8 @@ from typing import Iterable, Sequence
 import multiprocessing as mp
 import numpy as np
 
+from preprocessing.files import write_text_atomic
+
 # Every value the renderer can draw; a world picks its vocabularies among these.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (225, 45, 40), "green": (40, 200, 60), "blue": (50, 90, 235), "yellow": (235, 215, 40),
@@ -450,7 +452,5 @@ def render_standin_trailers(items, out_dir: str | Path, *, seed: int = 0, worker
     note = {"standin": True, "note": STANDIN_NOTE, "items": len(paths), "params": p, "seed": seed,
             "mapping": "genres[0]->colour, genres[1]->shape, genres[2]->texture (crc32 hash); "
                        "year>=1995->fast else slow; decade->direction", **stats}
-    tmp = out / "standin.json.tmp"
-    tmp.write_text(json.dumps(note, indent=2))
-    os.replace(tmp, out / "standin.json")
+    write_text_atomic(out / "standin.json", json.dumps(note, indent=2))
     return paths

@@ -312,10 +312,11 @@ def test_frame_store_pickles_without_open_files(wide_store):
 def test_index_writes_do_not_collide_across_processes(tmp_path, monkeypatch):
     """Runs side by side share a frame store. Process B writes the whole index between process
     A's write of its temporary file and A's rename; A must still land its own file."""
+    import preprocessing.files as files
     import preprocessing.frame_store as fs
     path = tmp_path / "index.json"
-    real_replace, pid = fs.os.replace, {"now": 111}
-    monkeypatch.setattr(fs.os, "getpid", lambda: pid["now"])
+    real_replace, pid = files.os.replace, {"now": 111}
+    monkeypatch.setattr(files.os, "getpid", lambda: pid["now"])
 
     def replace_after_b(src, dst):
         if pid["now"] == 111:           # A is about to rename: B runs its whole write first
@@ -323,7 +324,7 @@ def test_index_writes_do_not_collide_across_processes(tmp_path, monkeypatch):
             fs._write_json(path, {"items": {"b": 2}})
             pid["now"] = 111
         real_replace(src, dst)
-    monkeypatch.setattr(fs.os, "replace", replace_after_b)
+    monkeypatch.setattr(files.os, "replace", replace_after_b)
     fs._write_json(path, {"items": {"a": 1}})
     assert json.loads(path.read_text()) == {"items": {"a": 1}}
     assert not list(tmp_path.glob("*.tmp"))

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from preprocessing.files import write_text_atomic
+
 FORMAT_VERSION = 1
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
@@ -115,9 +117,7 @@ class MultiModalDataset:
                        "users": None if self.users is None else len(self.users)},
             "tables": {k: v.to_dict() for k, v in self.report.items()},
         }
-        tmp = out / "report.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.rename(out / "report.json")  # written last: its presence marks a complete directory
+        write_text_atomic(out / "report.json", json.dumps(meta, indent=2))   # written last: marks a complete directory
         return out
 
     @classmethod

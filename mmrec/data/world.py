@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mmrec.data.tables import MultiModalDataset, TableCount
+from preprocessing.files import write_text_atomic
 
 WORLD_DEFAULTS: dict = {
     "name": "world",
@@ -352,9 +353,7 @@ def _render_jobs(items: pd.DataFrame, c: dict, out: Path) -> list:
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # per process: runs side by side share it
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def generate_world(cfg: dict | None = None, out_dir: str | Path | None = None,
