@@ -32,6 +32,7 @@ from mmrec.models import build_model, head_class
 from mmrec.training.checkpoint import latest_checkpoint, replace_dir, save_checkpoint
 from mmrec.training.schedule import make_scheduler
 from mmrec.transfer import apply_transfer, frozen_eval
+from preprocessing.files import write_text_atomic
 
 log = logging.getLogger("mmrec")
 
@@ -321,9 +322,8 @@ class Trainer:
                     self.save_best_model()
             st["history"].append(record)
             if acc.is_main_process:   # rewritten whole, so a resumed run never repeats a line
-                tmp = self.run_dir / "history.jsonl.tmp"
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in st["history"]))
-                os.replace(tmp, self.run_dir / "history.jsonl")
+                write_text_atomic(self.run_dir / "history.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in st["history"]))
             self.checkpoint()
         return self.finish()
 
@@ -359,9 +359,7 @@ class Trainer:
         if self.transfer:
             metrics["transfer"] = self.transfer
         if acc.is_main_process:
-            tmp = self.run_dir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(metrics, indent=1))
-            os.replace(tmp, self.run_dir / "metrics.json")
+            write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=1))
             log.info("best epoch %s; test %s", st["best_epoch"], _fmt(st["test"] or {}))
             for name, b in baselines.items():
                 if "test" in b:
