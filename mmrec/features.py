@@ -99,9 +99,9 @@ def frozen_text_features(items, template: str, checkpoint: str = "minilm", pooli
     x = frozen_text_embeddings(ckpt, batches, pooling).float().numpy() if len(rows) else np.zeros((0, 1))
     x[~present] = 0.0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, x.astype(np.float32))
-    tmp.replace(path)
+    from preprocessing.files import atomic_path
+    with atomic_path(path) as tmp:   # pid-named: runs started side by side share the cache
+        np.save(tmp, x.astype(np.float32))
     return x.astype(np.float32), present
 
 

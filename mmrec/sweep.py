@@ -2,9 +2,13 @@
 Markdown table of mean ± std (like the paper's ablation tables).
 
 Each (cell, seed) is one `mmrec train` run in its own process, in <out>/<cell>/seed-<s>/; a run
-whose metrics.json exists is skipped, so an interrupted sweep resumes where it stopped. A seed
-sets both the model seed and the split seed, so every cell is compared on the same splits; the
-baselines stored by each run (random, frozen-text kNN) are reported on those same splits.
+whose metrics.json exists is skipped, so an interrupted sweep resumes where it stopped: a cell
+killed mid-training continues from its last checkpoint (`mmrec train --resume`, exact), one killed
+before its first checkpoint is moved aside to <seed-s>.interrupted and started again; either way
+the table equals an uninterrupted sweep's. On Linux the training process is killed with the sweep
+(even by SIGKILL: PR_SET_PDEATHSIG), so a re-run never races an orphan on the same run directory.
+A seed sets both the model seed and the split seed, so every cell is compared on the same splits;
+the baselines stored by each run (random, frozen-text kNN) are reported on those same splits.
 
 Grid file (YAML): either a mapping key -> list of values (the product is taken), or a list
 `cells:` of {name: ..., set: {key: value, ...}} for hand-picked cells.
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mmrec.config import ConfigError, load_yaml, resolve_config_path
+from preprocessing.files import write_text_atomic
 
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "precision@10")
 
@@ -52,6 +57,25 @@ def grid_cells(grid: dict | None) -> list[tuple[str, dict]]:
     return cells
 
 
+def _die_with_parent(parent: int):
+    """preexec_fn (Linux): the child gets SIGKILL when the sweep dies, however it dies. The libc
+    function is looked up here, in the parent; the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        import signal
+        prctl, sigkill = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGKILL)
+    except (OSError, AttributeError):
+        return None
+
+    def arm():
+        prctl(1, sigkill)            # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:   # the sweep died before the line above
+            os._exit(1)
+    return arm
+
+
 def run_cell(config: str | None, overrides: list[str], cell: dict, seed: int, run_dir: Path,
              launcher: list[str] | None = None) -> bool:
     """Train one (cell, seed) unless it already finished. Returns True if it ran now."""
@@ -75,7 +99,8 @@ def run_cell(config: str | None, overrides: list[str], cell: dict, seed: int, ru
         cmd += [f"seed={seed}", f"split.seed={seed}", f"run_dir={run_dir}", "train.progress=false"]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(run_dir.parent / f"seed-{seed}.log", "a") as logf:
-        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=os.environ.copy())
+        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                              preexec_fn=_die_with_parent(os.getpid()))
     if proc.returncode != 0:
         raise RuntimeError(f"run failed (exit {proc.returncode}): {' '.join(cmd)}; "
                            f"see {run_dir.parent / f'seed-{seed}.log'}")
@@ -122,8 +147,8 @@ def sweep(config: str | None, out: str | Path, seeds: list[int], grid: dict | No
     out = Path(out)
     cells = grid_cells(grid)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"config": config, "seeds": seeds, "grid": grid,
-                                                "overrides": overrides or []}, indent=1))
+    write_text_atomic(out / "sweep.json", json.dumps({"config": config, "seeds": seeds, "grid": grid,
+                                                      "overrides": overrides or []}, indent=1))
     total = len(cells) * len(seeds)
     done = 0
     for name, cell in cells:
@@ -136,7 +161,7 @@ def sweep(config: str | None, out: str | Path, seeds: list[int], grid: dict | No
     note = (f"{part} metrics in %, mean ± std over seeds {seeds} (seed = model seed = split seed); "
             f"config {config}, overrides {overrides or []}")
     text = f"{table}\n\n{note}\n"
-    (out / "results.md").write_text(text)
+    write_text_atomic(out / "results.md", text)
     return text
 
 

@@ -27,13 +27,13 @@ PREFIX = "item_encoder."
 
 def source_item_state(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """The `item_encoder.*` tensors of a finished run's best model, keys without the prefix."""
-    from safetensors.torch import load_file
+    from mmrec.training.checkpoint import best_weights
     run_dir = Path(run_dir)
     weights = run_dir / "model" / "model.safetensors"
     if not weights.exists():
         raise ConfigError(f"transfer.from_run: {run_dir} has no trained model ({weights} is missing); "
                           f"train it to the end first")
-    state = load_file(str(weights))
+    state = best_weights(run_dir)   # a truncated file: one error naming it
     item = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     if not item:
         head = _source_config(run_dir).get("head", "?")

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from preprocessing.files import write_text_atomic
+from preprocessing.files import stale_tmp, storage_failure, write_text_atomic
+from preprocessing.progress import progress as progress_bar
 from preprocessing.video import MISSING, REASONS, TrailerError, read_trailer
 
 FORMAT = "npy-uint8-THWC"
@@ -134,7 +135,11 @@ def build_frame_store(entries, root, *, fps: float = 2.0, size: int = 224, trim:
     Items whose .npy already exists complete (files appear only by atomic rename) are skipped
     and counted as already_done; the others are decoded in `workers` processes (in this process
     if workers <= 1). Each failure gets a line in failures.jsonl; other items are unaffected.
-    One build per root at a time: a build deletes the temp files an interrupted one left.
+    Builds may run side by side on one root (two runs starting on a fresh cache): item files are
+    written under pid-named temporaries, a build deletes only the temporaries of processes that
+    are gone, and the index is re-read and merged under a lock before it is rewritten. A full disk
+    (or another storage fault) while writing an item stops the build with a StorageError naming
+    the item's file; its temporary is removed and the items stored so far stay (resumable).
     Returns the report (also written to report.json): counts items_in, stored (new),
     already_done, failed {reason: n} with items_in = stored + already_done + sum(failed), and
     failures (the rows of failures.jsonl: item_id, path, reason, detail).
@@ -146,7 +151,6 @@ def build_frame_store(entries, root, *, fps: float = 2.0, size: int = 224, trim:
     params = {"format": FORMAT, "version": VERSION, "fps": float(fps), "size": int(size),
               "trim": float(trim)}
     _init_root(root, params)
-    index = _load_index(root)
 
     done, todo, failures = {}, [], []
     for item_id, path in entries:
@@ -167,10 +171,12 @@ def build_frame_store(entries, root, *, fps: float = 2.0, size: int = 224, trim:
         else:
             stored[item_id] = result
 
-    for item_id, n in {**done, **stored}.items():
-        index[item_id] = {"file": item_file(item_id), "n_frames": int(n)}
-    index = {k: v for k, v in index.items() if (root / v["file"]).exists()}
-    _write_json(root / "index.json", {"items": index})
+    with _index_lock(root):   # re-read: a build running alongside may have added items meanwhile
+        index = _load_index(root)
+        for item_id, n in {**done, **stored}.items():
+            index[item_id] = {"file": item_file(item_id), "n_frames": int(n)}
+        index = {k: v for k, v in index.items() if (root / v["file"]).exists()}
+        _write_json(root / "index.json", {"items": index})
     _write_lines(root / "failures.jsonl", failures)
     report = _report(entries, stored, done, failures, params)
     _write_json(root / "report.json", report)
@@ -205,7 +211,27 @@ def _init_root(root: Path, params: dict) -> None:
         root.mkdir(parents=True, exist_ok=True)
         _write_json(path, params)
     for tmp in root.glob(f"frames/*/*{TMP_SUFFIX}"):   # left by an interrupted build
-        tmp.unlink(missing_ok=True)
+        if stale_tmp(tmp):                               # (not by one running alongside)
+            tmp.unlink(missing_ok=True)
+
+
+class _index_lock:
+    """An exclusive lock on the store's index (flock on <root>/.index.lock; none without fcntl)."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".index.lock"
+
+    def __enter__(self):
+        self.f = open(self.path, "a")
+        try:
+            import fcntl
+            fcntl.flock(self.f, fcntl.LOCK_EX)
+        except ImportError:   # not POSIX: unlocked, as before
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()   # releases the lock
 
 
 def _load_index(root: Path) -> dict:
@@ -225,7 +251,7 @@ def _complete_frames(path: Path, size: int) -> int | None:
 
 def _run(todo, root, params, min_frames, workers, progress):
     """Yield (item_id, path, n_frames or TrailerError) as items finish, with a progress bar."""
-    bar = tqdm(total=len(todo), disable=not progress, unit="item", desc="frames", smoothing=0.05)
+    bar = progress_bar(len(todo), "frames", enabled=progress, unit="item", smoothing=0.05)
     jobs = [(item_id, path, str(root / item_file(item_id)), params, min_frames)
             for item_id, path in todo]
     try:
@@ -265,9 +291,18 @@ def _store_item(job) -> int | TrailerError:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        np.save(f, frames)
-    os.replace(tmp, dest)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, frames)
+        os.replace(tmp, dest)
+    except Exception as e:
+        failure = storage_failure(e, dest, "free some space and run again: the items stored so far "
+                                           "are kept", where=tmp)
+        if failure is e:
+            raise
+        raise failure from e
+    finally:
+        tmp.unlink(missing_ok=True)
     return len(frames)
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocessing.files import atomic_path
+
 TOKENIZE_CHUNK = 4096
 
 
@@ -31,9 +33,8 @@ class RaggedTokens:
         return np.diff(self.offsets)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")   # per process: caches are shared by parallel runs
-        np.savez(tmp, ids=self.ids, offsets=self.offsets)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:   # pid-named: caches are shared by parallel runs
+            np.savez(tmp, ids=self.ids, offsets=self.offsets)
 
     @classmethod
     def load(cls, path: Path) -> "RaggedTokens":

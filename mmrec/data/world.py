@@ -12,7 +12,9 @@ learns taste from frames (``default``), from motion only (``motion``), or needs 
 `generate_world` writes the canonical dataset (`MultiModalDataset`) plus ``oracle.npz`` (the
 true factors: affinity = user_factors @ item_factors.T) and ``world.json`` (the resolved config,
 ``"synthetic": true``). Rendering is parallel, and resumable: trailers are written under a
-temporary name and renamed, and existing ones are skipped.
+temporary name and renamed, and existing ones are skipped. Two processes may generate the same
+world at once (two runs starting on a fresh cache): every file is written under a pid-named
+temporary and renamed, so both finish with the same directory.
 
     python -m mmrec.data.world --preset default --out worlds/default [key=value ...]
 """
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mmrec.data.tables import MultiModalDataset, TableCount
-from preprocessing.files import write_text_atomic
+from preprocessing.files import atomic_path, write_text_atomic
 
 WORLD_DEFAULTS: dict = {
     "name": "world",
@@ -333,7 +335,7 @@ def _claim_dir(out: Path, key: str) -> None:
         raise ValueError(f"{out}: holds trailers rendered for a different world config "
                          f"(render key {marker.read_text().strip()} != {key}); use another "
                          f"out_dir or delete it")
-    marker.write_text(key)
+    write_text_atomic(marker, key)   # never seen half-written by a process generating alongside
 
 
 def _render_jobs(items: pd.DataFrame, c: dict, out: Path) -> list:
@@ -384,9 +386,9 @@ def generate_world(cfg: dict | None = None, out_dir: str | Path | None = None,
     inter = sample_ratings(u_fac @ i_fac.T, c, user_ids, list(items["item_id"]))
 
     stats = _render_all(items, c, out, workers, progress)
-    np.savez(out / "oracle.tmp.npz", user_ids=np.asarray(user_ids), item_ids=items["item_id"].to_numpy(str),
-             user_factors=u_fac, item_factors=i_fac, factor_names=np.asarray(names))
-    os.replace(out / "oracle.tmp.npz", out / "oracle.npz")
+    with atomic_path(out / "oracle.npz") as tmp:   # pid-named: processes generating alongside
+        np.savez(tmp, user_ids=np.asarray(user_ids), item_ids=items["item_id"].to_numpy(str),
+                 user_factors=u_fac, item_factors=i_fac, factor_names=np.asarray(names))
 
     attr_cols = {a: f"attr_{a}" for a in c["attributes"]}
     table = items.rename(columns=attr_cols)
@@ -397,7 +399,7 @@ def generate_world(cfg: dict | None = None, out_dir: str | Path | None = None,
                            {"items": TableCount("synthetic world: items", len(table), len(table)),
                             "interactions": TableCount("synthetic world: ratings", len(inter), len(inter))},
                            source, None)  # root None: paths resolve from wherever the dir is
-    ds.save(out)
+    _save_tables(ds, out)
     _atomic_json(out / "world.json", {
         "synthetic": True,
         "note": "synthetic rendered-trailer world with known true affinities (oracle.npz)",
@@ -408,6 +410,26 @@ def generate_world(cfg: dict | None = None, out_dir: str | Path | None = None,
                   "factors": len(names)},
     })
     return out
+
+
+def _save_tables(ds: MultiModalDataset, out: Path) -> None:
+    """The canonical tables, saved in a private (pid-named) folder and renamed into `out` one by
+    one, report.json last: a process generating the same world alongside, or a run reading it,
+    never sees a table half-written (the trailers stay where they are)."""
+    import shutil
+    from preprocessing.files import stale_tmp
+    for left in out.glob(".tables.*.tmp"):   # by killed processes
+        if stale_tmp(left):
+            shutil.rmtree(left, ignore_errors=True)
+    private = out / f".tables.{os.getpid()}.tmp"
+    shutil.rmtree(private, ignore_errors=True)
+    try:
+        ds.save(private)
+        names = sorted(p.name for p in private.iterdir() if p.name != "report.json")
+        for name in [*names, "report.json"]:
+            os.replace(private / name, out / name)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _render_all(items: pd.DataFrame, c: dict, out: Path, workers: int, progress: bool) -> dict:
