@@ -18,10 +18,12 @@ import numpy as np
 # The reasons a trailer cannot be used; `TrailerError.reason` is one of them.
 MISSING = "missing"        # no file at the path (or no path at all)
 EMPTY = "empty"            # a zero-byte file
-CORRUPT = "corrupt"        # decord cannot open it: not a video, or cut off before the mp4 index
-TRUNCATED = "truncated"    # the mp4 index parses but the data stops early (or frames fail to decode)
-TOO_SHORT = "too_short"    # fewer than `min_frames` frames remain after sampling and trimming
-REASONS = (MISSING, EMPTY, CORRUPT, TRUNCATED, TOO_SHORT)
+CORRUPT = "corrupt"        # decord cannot open it and it is not a cut-off mp4: not a video at all
+TRUNCATED = "truncated"    # cut off mid-stream: an mp4 box runs past the end of the file, the index
+                           # (moov) never came, the packets stop early, or frames fail to decode
+TOO_SHORT = "too short"    # fewer than `min_frames` frames remain after sampling and trimming
+NO_VIDEO_STREAM = "no video stream"   # a valid container without a video stream (e.g. audio only)
+REASONS = (MISSING, EMPTY, CORRUPT, TRUNCATED, TOO_SHORT, NO_VIDEO_STREAM)
 
 # Frames decoded per decord call: bounds the full-width (uncropped) temporary buffer.
 DECODE_CHUNK = 64
@@ -118,22 +120,70 @@ def open_reader(path, size: int | None = None):
 
 
 def _open_error(path: str, e: Exception) -> TrailerError:
-    """decord reads every packet when it opens a file (to index key frames): ffmpeg's
-    av_read_frame failing there means the header parsed but the data stops early."""
+    """Why decord cannot open a file. decord reads every packet when it opens a file (to index
+    key frames): ffmpeg's av_read_frame failing there means the header parsed but the data stops
+    early. An mp4 whose boxes run past the end of the file was cut off (most encoders write the
+    index last, so a cut file has none): truncated, not corrupt. The details are fixed texts or
+    decord's message without its random numbers, so a report is the same on every run."""
+    if "cannot find video stream" in str(e):
+        return TrailerError(NO_VIDEO_STREAM, path, "the container has no video stream")
     if "av_read_frame" in str(e):
         return TrailerError(TRUNCATED, path, f"packets stop early: {_short(e)}")
+    cut = _cut_mp4(path)
+    if cut:
+        return TrailerError(TRUNCATED, path, cut)
     return TrailerError(CORRUPT, path, f"decord cannot open it: {_short(e)}")
+
+
+# Box types an mp4 / QuickTime file can start with.
+_FIRST_BOXES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"}
+
+
+def _cut_mp4(path: str) -> str | None:
+    """If `path` is an ISO-BMFF file (mp4, mov) that was cut off, say how; None otherwise (also
+    for files that are not ISO-BMFF at all). Walks the top-level boxes: cut off when a box runs
+    past the end of the file, or when the media data is there but the index (moov) is not."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            pos, kinds = 0, []
+            while pos < size:
+                f.seek(pos)
+                head = f.read(16)
+                if len(head) < 8:
+                    return f"the file ends inside a box header at byte {pos}" if kinds else None
+                n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if (not kinds and kind not in _FIRST_BOXES) or not all(32 <= c < 127 for c in kind):
+                    return None                      # not a box: not an mp4 (or garbage inside one)
+                if n == 1:                           # 64-bit size follows the type
+                    if len(head) < 16:
+                        return f"the file ends inside the '{kind.decode()}' box header"
+                    n = int.from_bytes(head[8:16], "big")
+                elif n == 0:                         # the box runs to the end of the file
+                    n = size - pos
+                if n < 8:
+                    return None
+                kinds.append(kind)
+                if pos + n > size:
+                    return (f"the file ends inside its '{kind.decode()}' box "
+                            f"({size - pos} of {n} bytes)")
+                pos += n
+    except OSError:
+        return None
+    if b"mdat" in kinds and b"moov" not in kinds:
+        return "media data but no index (moov box): the file was cut off or never finished"
+    return None
 
 
 def read_trailer(path, fps: float = 2.0, size: int = 224, trim: float = 0.1,
                  min_frames: int = 1) -> np.ndarray:
     """Frames of one trailer, uint8 [T, size, size, 3], sampled by `sample_indices`.
 
-    Raises TrailerError: missing; empty; corrupt (decord cannot open it: not a video, no video
-    stream, or an mp4 cut off before its index, which most encoders write at the end);
-    truncated (the index parses but the packets stop early, e.g. a cut-off "faststart" mp4, or
-    the sampled frames fail to decode or come back short); too_short (fewer than `min_frames`
-    frames after trimming; checked before decoding).
+    Raises TrailerError: missing; empty; no video stream (a container with audio only, say);
+    truncated (an mp4 cut off mid-stream: before its index, which most encoders write at the
+    end, or, for a "faststart" mp4, with packets stopping early; or the sampled frames fail to
+    decode or come back short); corrupt (decord cannot open it and it is no cut-off mp4: not a
+    video); too short (fewer than `min_frames` frames after trimming; checked before decoding).
     """
     reader, _ = open_reader(path, size)
     try:

@@ -153,7 +153,7 @@ def test_image_field_reads_stills_and_reports_bad_ones(tmp_path, cache_dir):
     rep = p.report["fields"]["stills"]
     assert rep["images_listed"] == 80 and rep["images_read"] == 77
     assert rep["skipped"]["missing"]["count"] == 2
-    assert sum(v["count"] for k, v in rep["skipped"].items() if k.startswith("unreadable")) == 1
+    assert rep["skipped"]["corrupt"]["count"] == 1 and len(rep["skipped"]) == 2
     ids = p.split.item_ids.astype(str).tolist()
     rows = np.array([ids.index("i0000"), ids.index("i0001"), ids.index("i0002")])
     batch = p.collate(rows)["stills"]

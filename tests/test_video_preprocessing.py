@@ -170,8 +170,8 @@ def test_read_trailer_reasons(tmp_path):
     assert read_trailer(one, size=SIZE).shape == (1, SIZE, SIZE, 3)
     with pytest.raises(TrailerError) as e:
         read_trailer(one, size=SIZE, min_frames=2)
-    assert e.value.reason == "too_short" and "need 2" in str(e.value)
-    assert pickle.loads(pickle.dumps(e.value)).reason == "too_short"   # survives a worker pipe
+    assert e.value.reason == "too short" and "need 2" in str(e.value)
+    assert pickle.loads(pickle.dumps(e.value)).reason == "too short"   # survives a worker pipe
 
 
 # ----------------------------------------------------------------------------- building
@@ -184,7 +184,7 @@ def test_failure_report_one_line_per_bad_item(tmp_path):
     (src / "text.mp4").write_text("this is not a video\n")
     entries = [
         ("good", str(CLIPS["qcif"])),
-        ("cut", str(cut(CLIPS["wide"], src / "cut.mp4"))),    # index at the end: cannot open
+        ("cut", str(cut(CLIPS["wide"], src / "cut.mp4"))),    # index at the end: cut before it
         ("cut-faststart", str(cut(remux_faststart(CLIPS["wide"], src / "fast.mp4"),
                                   src / "cut_fast.mp4"))),
         ("empty", str(src / "empty.mp4")),
@@ -196,14 +196,14 @@ def test_failure_report_one_line_per_bad_item(tmp_path):
     root = tmp_path / "store"
     report = build_frame_store(entries, root, size=SIZE, min_frames=2, workers=2, progress=False)
 
-    want = {"cut": "corrupt", "cut-faststart": "truncated", "empty": "empty", "text": "corrupt",
-            "gone": "missing", "no-path": "missing", "one-frame": "too_short"}
+    want = {"cut": "truncated", "cut-faststart": "truncated", "empty": "empty", "text": "corrupt",
+            "gone": "missing", "no-path": "missing", "one-frame": "too short"}
     failures = read_failures(root)
     assert {k: v["reason"] for k, v in failures.items()} == want
     assert all(set(row) == {"item_id", "path", "reason", "detail"} for row in failures.values())
     assert failures["gone"]["path"] == str(src / "gone.mp4") and failures["no-path"]["path"] is None
     assert report["stored"] == 1 and report["already_done"] == 0
-    assert report["failed"] == {"corrupt": 2, "truncated": 1, "empty": 1, "missing": 2, "too_short": 1}
+    assert report["failed"] == {"corrupt": 1, "truncated": 2, "empty": 1, "missing": 2, "too short": 1}
     assert report["items_in"] == len(entries) == 1 + sum(report["failed"].values())
     on_disk = json.loads((root / "report.json").read_text())
     assert {k: on_disk[k] for k in ("items_in", "stored", "already_done", "failed")} == \
@@ -228,7 +228,9 @@ def test_resume_skips_finished_items_and_redoes_interrupted_ones(tmp_path):
     (root / "index.json").unlink()            # as if killed before the index was rewritten
     dest = root / item_file(ids[2])           # ... and in the middle of writing the third item
     dest.parent.mkdir(parents=True, exist_ok=True)
-    leftover = dest.with_name(dest.name + ".4242.tmp")
+    # Named by a pid above the kernel's pid_max: no live process can own it (a real pid could).
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    leftover = dest.with_name(f"{dest.name}.{dead_pid}.tmp")
     leftover.write_bytes(b"\x93NUMPY half written")
 
     second = build_frame_store(entries, root, size=SIZE, workers=1, progress=False)

@@ -17,10 +17,16 @@ from preprocessing.text import RaggedTokens
 
 
 class FieldContent(Protocol):
+    """Providers may also have `absent_reasons` (per item: None if present, else why not, e.g.
+    "empty text", "missing") and `failures` (one record per content file that could not be
+    used: item_id, field, source_id, path, reason, detail); the preprocess report reads both."""
     name: str
     present: np.ndarray   # [n_items] bool
 
     def collate(self, items: np.ndarray, mode: str, seeds: np.ndarray) -> dict[str, torch.Tensor]: ...
+
+
+EMPTY_TEXT = "empty text"   # a text field whose template columns are all empty for the item
 
 
 class TextContent:
@@ -29,6 +35,11 @@ class TextContent:
         self.tokens = tokens
         self.present = np.asarray(present, dtype=bool)
         self.pad_id = int(pad_id)
+        self.failures: list[dict] = []
+
+    @property
+    def absent_reasons(self) -> list[str | None]:
+        return [None if p else EMPTY_TEXT for p in self.present]
 
     def collate(self, items: np.ndarray, mode: str = "eval", seeds: np.ndarray | None = None) -> dict:
         seqs = [self.tokens.get(int(i)) for i in items]

@@ -26,6 +26,7 @@ import torch
 from mmrec.data.content import register_content
 from mmrec.data.fields import register_modality
 from mmrec.data.tables import DataError, MultiModalDataset
+from preprocessing.video import CORRUPT, EMPTY, MISSING, TRUNCATED
 
 register_modality("video", {
     "column": "trailer",   # item column holding the trailer path (relative paths: from the dataset root)
@@ -85,7 +86,8 @@ def _params_key(params: dict) -> str:
 
 class VideoContent:
     def __init__(self, name: str, store_root: Path, keys: list[str | None], n_frames: np.ndarray,
-                 clip_frames: int, segments: int, frame_size: tuple[int, int], report: dict):
+                 clip_frames: int, segments: int, frame_size: tuple[int, int], report: dict,
+                 absent_reasons: list[str | None] | None = None, failures: list[dict] | None = None):
         self.name = name
         self.store_root = Path(store_root)
         self.keys = keys
@@ -94,11 +96,15 @@ class VideoContent:
         self.clip_frames, self.segments = int(clip_frames), int(segments)
         self.frame_size = tuple(frame_size)
         self.report = report
+        # per item: None (frames stored) or why not ("no trailer listed" or a TrailerError reason)
+        self.absent_reasons = absent_reasons
+        self.failures = failures or []   # one record per item whose trailer failed (see _failure)
         self._store = None
 
-    def __getstate__(self):   # workers open their own store (memory maps)
+    def __getstate__(self):   # workers open their own store (memory maps); reports stay here
         state = dict(self.__dict__)
         state["_store"] = None
+        state["absent_reasons"], state["failures"] = None, []
         return state
 
     @property
@@ -148,18 +154,53 @@ def build_video_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict)
                                workers=int(spec["workers"]), progress=bool(cfg["train"].get("progress", True)))
     store = FrameStore(root)
     n_frames = np.asarray([store.num_frames(k) if k is not None and k in store else 0 for k in keys])
-    failed = {f["item_id"]: f["reason"] for f in report.get("failures", [])}
+    failed = {f["item_id"]: f for f in report.get("failures", [])}   # keyed by store key
     ids = ds.items["item_id"].astype(str).tolist()
-    absent = {"no trailer listed": [i for i, p in zip(ids, paths) if p is None]}
-    for i, k in zip(ids, keys):
-        if k is not None and k in failed:
-            absent.setdefault(failed[k], []).append(i)
+    sources = source_ids(ds, (f"{column}_source_id", "youtube_id"))
+    reasons, failures = [], []
+    for i, k, p, sid, n in zip(ids, keys, paths, sources, n_frames):
+        if k is None:
+            reasons.append(NO_TRAILER)
+        elif n > 0:
+            reasons.append(None)
+        elif k in failed:
+            reasons.append(failed[k]["reason"])
+            failures.append(_failure(i, name, sid, p, failed[k]["reason"], failed[k]["detail"]))
+        else:
+            raise AssertionError(f"fields.{name}: item {i}'s trailer {p} is neither in the frame "
+                                 f"store {root} nor among its failures")
+    absent: dict[str, list[str]] = {NO_TRAILER: []}
+    for i, r in zip(ids, reasons):
+        if r is not None:
+            absent.setdefault(r, []).append(i)
     summary = {"items": len(ids), "with_frames": int((n_frames > 0).sum()),
                "absent": {r: {"count": len(v), "examples": v[:5]} for r, v in absent.items() if v},
                "store": str(root)}
-    assert summary["with_frames"] + sum(len(v) for v in absent.values()) == len(ids), summary
+    if summary["with_frames"] + sum(len(v) for v in absent.values()) != len(ids) or \
+            len(failures) != len(ids) - summary["with_frames"] - len(absent[NO_TRAILER]):
+        raise AssertionError(f"fields.{name}: trailer counts do not add up: {summary}")
     return VideoContent(name, root, keys, n_frames, spec["clip_frames"], spec["segments"],
-                        (int(spec["size"]), int(spec["size"])), summary)
+                        (int(spec["size"]), int(spec["size"])), summary, reasons, failures)
+
+
+NO_TRAILER = "no trailer listed"   # the item's trailer column is empty
+NO_IMAGES = "no images listed"     # the item's image column is empty
+
+
+def source_ids(ds: MultiModalDataset, columns: tuple[str, ...]) -> list[str | None]:
+    """Per item, the id its content file has at the source (e.g. the youtubeId of
+    ml-youtube.csv, kept by the MovieLens-25M reader as `youtube_id`): the first of `columns`
+    the items table has; None where there is none or it is empty."""
+    for column in columns:
+        if column in ds.items.columns:
+            return [None if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == ""
+                    else str(v) for v in ds.items[column].tolist()]
+    return [None] * len(ds.items)
+
+
+def _failure(item_id: str, field: str, source_id, path, reason: str, detail: str) -> dict:
+    return {"item_id": item_id, "field": field, "source_id": source_id, "path": path,
+            "reason": reason, "detail": detail}
 
 
 def trailer_key(path: str | None) -> str | None:
@@ -192,17 +233,22 @@ def load_image(path: str, size: int) -> np.ndarray:
 
 
 class ImageContent:
-    def __init__(self, name: str, pixels_path: Path, counts: np.ndarray, report: dict):
+    def __init__(self, name: str, pixels_path: Path, counts: np.ndarray, report: dict,
+                 absent_reasons: list[str | None] | None = None, failures: list[dict] | None = None):
         self.name = name
         self.pixels_path = Path(pixels_path)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.present = self.counts > 0
         self.report = report
+        # per item: None (a still was read), "no images listed", or the first failed still's reason
+        self.absent_reasons = absent_reasons
+        self.failures = failures or []   # one record per still that could not be read
         self._pixels = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_pixels"] = None
+        state["absent_reasons"], state["failures"] = None, []
         return state
 
     def collate(self, items: np.ndarray, mode: str = "eval", seeds: np.ndarray | None = None) -> dict:
@@ -226,41 +272,80 @@ def _image_list(value) -> list:
 @register_content("image")
 def build_image_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict) -> ImageContent:
     """Decode each item's first k images once into a cached [items, k, size, size, 3] array.
-    Unreadable or missing images are skipped, counted and named in the field's report."""
+    Unreadable or missing images are skipped, counted and named in the field's report (reasons:
+    missing, empty, truncated, corrupt); the cache's files appear by atomic rename, report.json
+    last, so a run killed while building it leaves no cache that looks complete."""
     column, k, size = spec["column"], int(spec["max_images"]), int(spec["size"])
     require_column(ds, name, column)
     lists = [[resolve_path(p, ds.root) for p in _image_list(v)][:k] for v in ds.items[column].tolist()]
-    h = hashlib.sha256(json.dumps({"k": k, "size": size}).encode())
+    h = hashlib.sha256(json.dumps({"k": k, "size": size, "version": 2}).encode())
     for paths in lists:
         for p in paths:
             st = Path(p).stat() if Path(p).exists() else None
             h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
     cache = Path(cfg["data"]["cache_dir"]) / "images" / h.hexdigest()[:20]
-    if (cache / "report.json").exists():
-        report = json.loads((cache / "report.json").read_text())
-        return ImageContent(name, cache / "pixels.npy", np.load(cache / "counts.npy"), report)
+    ids = ds.items["item_id"].astype(str).tolist()
+    if not (cache / "report.json").exists():
+        _build_image_cache(cache, lists, size, k)
+    report = json.loads((cache / "report.json").read_text())
+    counts = np.load(cache / "counts.npy")
+    bad_stills = json.loads((cache / "failures.json").read_text())   # by dataset row
+    sources = source_ids(ds, (f"{column}_source_id",))
+    failures = [_failure(ids[b["row"]], name, sources[b["row"]], b["path"], b["reason"], b["detail"])
+                for b in bad_stills]
+    first_bad = {}
+    for b in bad_stills:
+        first_bad.setdefault(b["row"], b["reason"])
+    reasons = [None if counts[i] > 0 else first_bad.get(i, NO_IMAGES) for i in range(len(ids))]
+    if len(failures) + int(counts.sum()) != sum(len(p) for p in lists) or \
+            any(r == NO_IMAGES and lists[i] for i, r in enumerate(reasons)):
+        raise AssertionError(f"fields.{name}: image counts do not add up")
+    # the examples name item ids, which the cache (keyed by paths only) does not know
+    bad: dict[str, list[str]] = {}
+    for f in failures:
+        bad.setdefault(f["reason"], []).append(f"item {f['item_id']}: {f['path']}")
+    report["skipped"] = {r: {"count": len(v), "examples": v[:5]} for r, v in bad.items()}
+    return ImageContent(name, cache / "pixels.npy", counts, report, reasons, failures)
+
+
+def _build_image_cache(cache: Path, lists: list[list[str]], size: int, k: int) -> None:
+    from preprocessing.files import atomic_path, tmp_path, write_text_atomic
     cache.mkdir(parents=True, exist_ok=True)
-    pixels = np.lib.format.open_memmap(cache / "pixels.tmp.npy", mode="w+", dtype=np.uint8,
+    tmp = tmp_path(cache / "pixels.npy")   # per process: caches are shared by parallel runs
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                        shape=(len(lists), max(k, 1), size, size, 3))
     counts = np.zeros(len(lists), dtype=np.int64)
-    bad: dict[str, list[str]] = {}
-    ids = ds.items["item_id"].astype(str).tolist()
+    bad = []
     for i, paths in enumerate(lists):
         for p in paths:
             try:
                 pixels[i, counts[i]] = load_image(p, size)
                 counts[i] += 1
             except Exception as e:   # noqa: BLE001 - any unreadable image is skipped and reported
-                reason = "missing" if not Path(p).exists() else f"unreadable ({type(e).__name__})"
-                bad.setdefault(reason, []).append(f"item {ids[i]}: {p}")
+                reason, detail = image_failure(p, e)
+                bad.append({"row": i, "path": p, "reason": reason, "detail": detail})
     pixels.flush()
     del pixels
-    (cache / "pixels.tmp.npy").replace(cache / "pixels.npy")
-    np.save(cache / "counts.npy", counts)
+    tmp.replace(cache / "pixels.npy")
+    with atomic_path(cache / "counts.npy") as counts_tmp:
+        np.save(counts_tmp, counts)
     n_listed = sum(len(p) for p in lists)
     report = {"images_listed": n_listed, "images_read": int(counts.sum()),
-              "skipped": {r: {"count": len(v), "examples": v[:5]} for r, v in bad.items()},
               "items_with_images": int((counts > 0).sum())}
-    assert report["images_read"] + sum(len(v) for v in bad.values()) == n_listed
-    (cache / "report.json").write_text(json.dumps(report, indent=1))
-    return ImageContent(name, cache / "pixels.npy", counts, report)
+    if report["images_read"] + len(bad) != n_listed:
+        raise AssertionError(f"image counts do not add up: {report}, {len(bad)} failed")
+    write_text_atomic(cache / "failures.json", json.dumps(bad, indent=1))
+    write_text_atomic(cache / "report.json", json.dumps(report, indent=1))   # last: marks it complete
+
+
+def image_failure(path: str, e: Exception) -> tuple[str, str]:
+    """(reason, detail) of a still that could not be read: missing, empty, truncated, corrupt."""
+    p = Path(path)
+    if not p.exists():
+        return MISSING, "no such file"
+    if p.is_file() and p.stat().st_size == 0:
+        return EMPTY, "zero-byte file"
+    text = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    if "truncated" in str(e).lower() or "broken data stream" in str(e).lower():
+        return TRUNCATED, text
+    return CORRUPT, text
