@@ -19,25 +19,10 @@ from timm.models.vision_transformer import Block
 from timm.models.vision_transformer_hybrid import ConvStem
 
 from encoders.base import EncoderOutput
+# The named sizes are plain data in a torch-free module, so the config checks can read them.
+from encoders.presets import VISION_ARCHS as ARCHS, VISION_SIZE_KEYS as SIZE_KEYS  # noqa: F401
+from encoders.presets import resolve_vision_arch as resolve_arch
 from encoders.registry import register_encoder
-
-ARCHS = {
-    "paper": {"img_size": 224, "patch_size": 16, "width": 192, "depth": 4, "heads": 3,
-              "temporal_depth": 4, "temporal_heads": 3, "max_frames": 64, "tubelet": 1},
-    "tiny": {"img_size": 32, "patch_size": 8, "width": 64, "depth": 2, "heads": 2,
-             "temporal_depth": 2, "temporal_heads": 2, "max_frames": 64, "tubelet": 1},
-}
-SIZE_KEYS = tuple(ARCHS["paper"])
-
-
-def resolve_arch(spec: dict) -> dict:
-    """The named architecture's sizes, with every size key the spec sets explicitly on top."""
-    arch = spec.get("arch") or "paper"
-    if arch not in ARCHS:
-        raise ValueError(f"encoders: unknown vision arch '{arch}' (known: {', '.join(ARCHS)})")
-    sizes = dict(ARCHS[arch])
-    sizes.update({k: spec[k] for k in SIZE_KEYS if spec.get(k) is not None})
-    return sizes
 
 
 class TokenTransformer(nn.Module):

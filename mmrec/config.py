@@ -78,12 +78,25 @@ def load_yaml(path: str | Path) -> dict:
         try:
             data = yaml_load(f)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}{_yaml_where(e)}: not valid YAML: {_yaml_problem(e)}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a text (UTF-8) file: byte {e.start} cannot be decoded") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _yaml_where(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    parts = [getattr(e, "problem", None), getattr(e, "context", None)]
+    text = ", ".join(p for p in parts if p) or str(e)
+    return " ".join(text.split())
 
 
 def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
@@ -281,6 +294,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         _check(layer, schema, where, cfg)
         cfg = deep_merge(cfg, layer)
     cfg = _fill_entries(cfg)
+    from mmrec.config_checks import check_config   # torch-free: what the config alone can tell
+    check_config(cfg)
     return cfg
 
 
