@@ -57,10 +57,20 @@ are skipped (with the reason in the report) when their id is already one of the 
 
 Both kinds work on one or many processes (`accelerate launch -m mmrec export ...`); the main
 process writes.
+
+The folder is written atomically: every file goes into a temporary sibling `.<name>.<pid>.tmp/`
+that is swapped onto the output folder only when all are written, so a killed export leaves the
+previous folder (or none), never a half one, and running it again gives the same files (the
+next export removes temporaries of processes that are gone). A failed write (a full disk) removes
+the temporary and raises `StorageError` naming the file. `--out` must be a new folder, an empty
+one or an earlier export (it is replaced whole).
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +81,73 @@ from mmrec.config import load_config
 from mmrec.data.content import collate_items
 from mmrec.data.pipeline import build_content
 from mmrec.data.split import CSR, Split
-from mmrec.data.tables import DataError, MultiModalDataset
+from mmrec.data.csv_rows import read_keyed_csv
+from mmrec.data.tables import DataError, MultiModalDataset, read_parquet_table
 from mmrec.evaluation.evaluator import DotScorer, ragged_rows
 from mmrec.models import HEADS, head_class
+from preprocessing.files import stale_tmp, storage_failure
+
+
+class ExportFolder:
+    """Paths of an export's files inside its temporary folder; remembers the one being written."""
+
+    def __init__(self, tmp: Path, out: Path):
+        self.tmp, self.out, self.current = tmp, out, out
+
+    def __call__(self, name: str) -> Path:
+        self.current = self.out / name
+        return self.tmp / name
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "export_report.json").exists():
+        raise DataError(f"--out {out}: the folder exists and is not an earlier export (no "
+                        f"export_report.json); give a new or empty folder (it is replaced whole)")
+
+
+def write_export(acc, out: Path, write) -> None:
+    """`write(folder)` on the main process inside `export_folder(out)`; a failure there is raised
+    on every process (none waits for the main one forever)."""
+    from mmrec.training.checkpoint import fail_together
+    error = None
+    if acc.is_main_process:
+        try:
+            with export_folder(out) as f:
+                write(f)
+        except Exception as e:   # noqa: BLE001 - raised on every process below
+            error = e
+    fail_together(acc, error, out, None)
+    acc.wait_for_everyone()
+
+
+@contextmanager
+def export_folder(out: str | Path):
+    """`with export_folder(out) as f: np.save(f("x.npy"), ...)`: the files land in a temporary
+    sibling swapped onto `out` at the end (module docstring); on an error it is removed."""
+    from mmrec.training.checkpoint import replace_dir
+    out = Path(out)
+    check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):   # left by killed exports
+        if stale.is_dir() and stale_tmp(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    folder = ExportFolder(tmp, out)
+    try:
+        tmp.mkdir()
+        yield folder
+        folder.current = out
+        replace_dir(tmp, out)
+    except Exception as e:
+        failure = storage_failure(e, folder.current, where=tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if failure is e:
+            raise
+        raise failure from e
 
 
 def load_trained(run_dir: str | Path, overrides: list[str] | None = None):
@@ -111,17 +185,20 @@ def _read_table(path: str | Path, kind: str) -> pd.DataFrame:
             raise DataError(f"{path}: the dataset has no users table")
         df = ds.users.copy()
     elif path.suffix == ".parquet":
-        df = pd.read_parquet(path)
-    elif path.suffix in (".csv", ".tsv"):
-        df = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        df = read_parquet_table(path)
+    elif path.suffix in (".csv", ".tsv"):   # bad rows are a DataError naming the line (csv_rows)
+        df = read_keyed_csv(path, key, "\t" if path.suffix == ".tsv" else ",")
     else:
         raise DataError(f"{path}: {kind} table must be .parquet, .csv, .tsv or a processed dataset directory")
     if key not in df.columns:
         raise DataError(f"{path}: missing column '{key}' (columns: {list(df.columns)})")
+    # (CSV rows were checked line by line in read_keyed_csv; here Parquet and dataset tables)
+    empty = (df[key].isna() | (df[key].astype(object).where(df[key].notna(), "").astype(str).str.strip() == "")).to_numpy()
     df[key] = df[key].astype(str)
-    dup = df[key].duplicated()
-    if dup.any():
-        raise DataError(f"{path}: duplicate {key} {df[key][dup].iloc[0]!r}")
+    dup = df[key].duplicated().to_numpy() & ~empty
+    if empty.any() or dup.any():   # the earliest bad row, counted from 1
+        r = int(np.flatnonzero(empty | dup)[0])
+        raise DataError(f"{path} row {r + 1}: " + (f"empty {key}" if empty[r] else f"duplicate {key} {df[key].iloc[r]!r}"))
     return df
 
 
@@ -151,6 +228,7 @@ def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: s
     batch_size = int(batch_size or cfg["eval"]["item_batch_size"])   # video items are heavy: the run's size
     model.to(acc.device)
     out = Path(out_dir or Path(run_dir) / "export")
+    check_out(out)
     items = read_items(items_path)
     empty = pd.DataFrame({"user_id": [], "item_id": [], "rating": [], "timestamp": []})
     ds = MultiModalDataset("export", items, empty, root=Path(items_path).parent)
@@ -163,30 +241,30 @@ def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: s
     if len(rows) == 0:
         V = torch.zeros(0, int(cfg["model"]["dim"]))
     U = user_vectors(model, split.n_users, acc.device)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+    def write(f):   # on the main process, into the temporary folder
         ids = items["item_id"].to_numpy()[rows]
-        np.save(out / "item_embeddings.npy", V.numpy())
-        (out / "item_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+        np.save(f("item_embeddings.npy"), V.numpy())
+        f("item_ids.txt").write_text("".join(f"{i}\n" for i in ids))
         pd.DataFrame({"item_id": ids, "embedding": list(V.flatten(1).numpy())}).to_parquet(
-            out / "item_embeddings.parquet", index=False)
-        np.save(out / "user_embeddings.npy", U.numpy())
+            f("item_embeddings.parquet"), index=False)
+        np.save(f("user_embeddings.npy"), U.numpy())
         if W is not None:   # adaptive fusion: which field mattered for each item
             w = W.mean(1) if W.dim() == 3 else W          # segments: their mean weight
             table = pd.DataFrame(w.numpy(), columns=list(model.item_encoder.field_names))
             table.insert(0, "item_id", ids)
-            table.to_csv(out / "fusion_weights.csv", index=False)
-        (out / "user_ids.txt").write_text("".join(f"{u}\n" for u in split.user_ids))
+            table.to_csv(f("fusion_weights.csv"), index=False)
+        f("user_ids.txt").write_text("".join(f"{u}\n" for u in split.user_ids))
         report = {"run": str(run_dir), "items_file": str(items_path), "items_read": int(len(items)),
                   "items_exported": int(len(rows)), "items_skipped_no_content": int((~keep).sum()),
                   "skipped_item_ids": [str(i) for i in items["item_id"][~keep]],
+                  "blank_lines_dropped": list(items.attrs.get("empty_rows", [])),   # CSV/TSV lines
                   "fields": {n: c.report for n, c in content.items() if getattr(c, "report", None)},
                   "embedding_shape": list(V.shape),
                   "processes": acc.num_processes}
         if top_k:
-            report["topk"] = write_topk(out / "topk.parquet", U, V, split.user_ids, ids, users, int(top_k))
-        (out / "export_report.json").write_text(json.dumps(report, indent=1))
-    acc.wait_for_everyone()
+            report["topk"] = write_topk(f("topk.parquet"), U, V, split.user_ids, ids, users, int(top_k))
+        f("export_report.json").write_text(json.dumps(report, indent=1))
+    write_export(acc, out, write)
     return out
 
 
@@ -280,6 +358,7 @@ def export_user_cold_start(head, run_dir, items_path=None, out_dir=None, users: 
     cfg, split, model = head.load_run(run_dir)
     model.to(acc.device)
     out = Path(out_dir or Path(run_dir) / "export")
+    check_out(out)
     catalogue = split.item_ids.astype(str)
     items_report: dict = {"catalogue": int(split.n_items)}
     if items_path is None:
@@ -340,16 +419,15 @@ def export_user_cold_start(head, run_dir, items_path=None, out_dir=None, users: 
                     "skipped_user_ids": {r: v for r, v in skipped.items() if v},
                     "skip_reasons": {r: SKIP_REASONS[r] for r in skipped},
                     "cold_run_users": int(cold.sum()), **users_report}
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "item_embeddings.npy", V.numpy())
-        (out / "item_ids.txt").write_text("".join(f"{i}\n" for i in item_ids))
+    def write(f):   # on the main process, into the temporary folder
+        np.save(f("item_embeddings.npy"), V.numpy())
+        f("item_ids.txt").write_text("".join(f"{i}\n" for i in item_ids))
         pd.DataFrame({"item_id": item_ids, "embedding": list(V.numpy())}).to_parquet(
-            out / "item_embeddings.parquet", index=False)
-        np.save(out / "user_embeddings.npy", U.numpy())
-        (out / "user_ids.txt").write_text("".join(f"{u}\n" for u in user_ids))
+            f("item_embeddings.parquet"), index=False)
+        np.save(f("user_embeddings.npy"), U.numpy())
+        f("user_ids.txt").write_text("".join(f"{u}\n" for u in user_ids))
         pd.DataFrame({"user_id": user_ids, "part": parts, "known_items": known, "state": states}).to_csv(
-            out / "users.csv", index=False)
+            f("users.csv"), index=False)
         report = {"run": str(run_dir), "head": cfg["head"], "items": items_report, "users": users_report,
                   "item_embedding_shape": list(V.shape), "user_embedding_shape": list(U.shape),
                   "score": "user_embeddings @ item_embeddings.T (the head's evaluation scores)",
@@ -362,10 +440,10 @@ def export_user_cold_start(head, run_dir, items_path=None, out_dir=None, users: 
             r, c = known_csr.pairs()
             keep = colmap[c] >= 0
             exclude = CSR.from_pairs(r[keep], colmap[c[keep]], len(user_ids))
-            report["topk"] = write_topk(out / "topk.parquet", U, V, user_ids, item_ids, users, int(top_k),
+            report["topk"] = write_topk(f("topk.parquet"), U, V, user_ids, item_ids, users, int(top_k),
                                         exclude=exclude)
-        (out / "export_report.json").write_text(json.dumps(report, indent=1))
-    acc.wait_for_everyone()
+        f("export_report.json").write_text(json.dumps(report, indent=1))
+    write_export(acc, out, write)
     return out
 
 

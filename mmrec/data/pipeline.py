@@ -43,8 +43,15 @@ def _source_files(data_cfg: dict) -> list[Path]:
     return files
 
 
+# Bumped whenever a reader's output can change for the same files, so old caches are not reused
+# (2: the row-checked pyarrow CSV path, which no longer shifts columns on an extra first-row field).
+READER_VERSION = 2
+
+
 def source_key(data_cfg: dict) -> str:
-    h = hashlib.sha256(json.dumps({k: data_cfg.get(k) for k in READER_KEYS}, sort_keys=True).encode())
+    keys = {k: data_cfg.get(k) for k in READER_KEYS}
+    keys["reader_version"] = READER_VERSION
+    h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
     for p in _source_files(data_cfg):
         st = p.stat()
         h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -61,8 +68,9 @@ def load_source(data_cfg: dict, use_cache: bool = True) -> MultiModalDataset:
             ds = MultiModalDataset.load(cache)
         else:
             ds = read_dataset(data_cfg)
-            if use_cache:
-                ds.save(cache)
+            if use_cache:   # atomically (a killed run leaves no half cache), and read back, so a
+                # cache hit and a miss give the same tables, dtypes included, byte for byte
+                ds = MultiModalDataset.load(ds.save_atomic(cache))
     if data_cfg.get("standin_trailers"):
         add_standin_trailers(ds, data_cfg)
     return ds

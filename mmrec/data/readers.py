@@ -1,8 +1,25 @@
 """Readers from source layouts to the canonical tables (`mmrec.data.tables`).
 
-Each reader checks its input row by row: a missing column or a malformed value stops with an
-error naming the file and line (or, with ``on_bad_row: skip``, is counted and reported); ratings
-of unknown items and duplicate (user, item) rows are always dropped, counted and reported.
+Each reader checks its input row by row, vectorised (pyarrow / numpy over whole columns, so a
+25M-row ratings.csv stays a few seconds). What each kind of bad input gives (README "Bad input"):
+
+- The whole file is rejected with a one-line `DataError` naming it (and the line where known):
+  missing, empty, not UTF-8 anywhere (the line of the first bad byte), a duplicate column name
+  or a missing required column in the header, a quoted field that is never closed.
+- A malformed row stops with a `DataError` naming the file and the row's physical line
+  (1-based, the header is line 1; a quoted field with line breaks spans several lines), or,
+  with ``data.on_bad_row: skip``, is dropped, counted and reported with the reason: a row with
+  another number of fields than the header ("wrong number of fields"), and a malformed value
+  ("malformed <column>"): an empty, non-numeric, infinite/NaN or negative rating; an empty or
+  non-integer user/movie id; an empty, non-numeric, fractional or out-of-range (|t| >= 1e15)
+  timestamp. With "error" the earliest such row in the file is the one named.
+- Always dropped, counted and reported (they carry no data, or are expected in real files): rows
+  whose fields are all empty (blank lines), ratings of unknown items, duplicate (user, item)
+  rows (the latest is kept), side-table rows of unknown, empty or repeated movie ids, movies
+  with an empty or repeated movieId, trailer rows with an empty youtubeId.
+
+Valid values come out unchanged: ids as written (surrounding whitespace stripped), the rating
+as a float, the timestamp as an integer. rows in = rows out + reported skips, checked per file.
 """
 from __future__ import annotations
 
@@ -12,9 +29,12 @@ import re
 from pathlib import Path
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmrec import assets
-from mmrec.data.tables import DataError, MultiModalDataset, TableCount, normalise_interactions
+from mmrec.data.csv_rows import CsvRows, read_csv_rows, show
+from mmrec.data.tables import MAX_TIMESTAMP, DataError, MultiModalDataset, TableCount
 from mmrec.registry import Registry
 
 READERS = Registry("data source")
@@ -32,122 +52,352 @@ def read_dataset(data_cfg: dict) -> MultiModalDataset:
     return reader(data_cfg)
 
 
-def _read_table(path: Path, sep: str = ",", **kw) -> pd.DataFrame:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    try:
-        # skip_blank_lines=False keeps row i on file line i + 2, so errors can name the line.
-        return pd.read_csv(path, sep=sep, skip_blank_lines=False, **kw)
-    except pd.errors.ParserError as e:
-        raise DataError(f"{path}: cannot parse: {e}") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty") from None
+def _read_table(path: Path, sep: str = ",", quoting: bool = True) -> CsvRows:
+    """A CSV/TSV file with a header, every column a string, each row with its physical line
+    (`mmrec.data.csv_rows`)."""
+    return read_csv_rows(path, sep, quoting)
 
 
-def _require_columns(df: pd.DataFrame, needed: list[str], path: Path) -> None:
-    missing = [c for c in needed if c not in df.columns]
+def _require_columns(df, needed: list[str], path: Path) -> None:
+    columns = list(df.columns)
+    missing = [c for c in needed if c not in columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing} (header: {','.join(map(str, df.columns))})")
+        raise DataError(f"{path}: missing column(s) {missing} (header: {','.join(map(str, columns))})")
 
 
-def parse_ratings(df: pd.DataFrame, path: Path, columns: dict[str, str], known_items: pd.Series,
+# ---------------------------------------------------------------------------------------------
+# Value checks, whole columns at a time. Each returns the parsed values and [(mask, what)]: the
+# rows that are malformed and how ("is empty", ...), in the order they are reported.
+
+_NUMBER = r"(?i)^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?|inf|infinity|nan)$"
+
+
+def _np(a) -> np.ndarray:
+    return a.to_numpy(zero_copy_only=False)
+
+
+def _text(raw) -> pa.Array | None:
+    """A column as whitespace-stripped arrow strings; None for a numeric pandas column."""
+    if isinstance(raw, pa.ChunkedArray):
+        raw = raw.combine_chunks()
+    if isinstance(raw, pa.Array):
+        return pc.utf8_trim_whitespace(raw)
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        return None
+    strings = raw.astype(object).where(raw.notna(), "").astype(str)
+    return pc.utf8_trim_whitespace(pa.array(strings.to_numpy(dtype=object), pa.string()))
+
+
+def _parse_floats(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, parsed) for stripped strings; NaN where a string is not a number."""
+    try:
+        return _np(pc.cast(s, pa.float64())), np.ones(len(s), dtype=bool)
+    except pa.ArrowInvalid:
+        pass
+    ok = _np(pc.match_substring_regex(s, _NUMBER))
+    try:
+        values = _np(pc.cast(pc.if_else(pa.array(ok), s, "nan"), pa.float64()))
+    except pa.ArrowInvalid:   # a spelling the pattern lets through and the cast does not
+        values = np.full(len(s), np.nan)
+        for i in np.flatnonzero(ok):
+            try:
+                values[i] = float(s[i].as_py())
+            except ValueError:
+                ok[i] = False
+    values = np.array(values, dtype=np.float64)
+    values[~ok] = np.nan
+    return values, ok
+
+
+def check_ids(raw) -> tuple[pa.Array, list[tuple[np.ndarray, str]]]:
+    """MovieLens ids: non-negative integers, kept as the strings they are written as."""
+    s = _text(raw)
+    if s is not None:
+        empty = _np(pc.binary_length(s)) == 0
+        digits = _np(pc.fill_null(pc.ascii_is_decimal(s), False))
+        return s, [(empty, "is empty"), (~empty & ~digits, "is not an integer id")]
+    if pd.api.types.is_integer_dtype(raw):
+        v = raw.to_numpy()
+        return pa.array(v.astype(str).astype(object), pa.string()), [(v < 0, "is not an integer id")]
+    v = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    empty = np.isnan(v)
+    with np.errstate(invalid="ignore"):
+        ok = ~empty & np.isfinite(v) & (v == np.floor(v)) & (v >= 0) & (v < 2.0 ** 63)
+    ids = np.where(ok, np.nan_to_num(v), 0).astype(np.int64).astype(str).astype(object)
+    return pa.array(ids, pa.string()), [(empty, "is empty"), (~empty & ~ok, "is not an integer id")]
+
+
+def check_ratings(raw) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
+    """A finite, non-negative number."""
+    s = _text(raw)
+    if s is not None:
+        empty = _np(pc.binary_length(s)) == 0
+        v, parsed = _parse_floats(s)
+        not_number = ~empty & ~parsed
+    else:
+        v = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        empty, parsed, not_number = np.isnan(v), ~np.isnan(v), np.zeros(len(v), bool)
+    finite = np.isfinite(v)
+    return v, [(empty, "is empty"), (not_number, "is not a number"),
+               (parsed & ~finite, "is not a finite number"), (finite & (v < 0), "is negative")]
+
+
+def check_timestamps(raw) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
+    """A whole number of seconds, |t| < 1e15."""
+    s = _text(raw)
+    n = len(raw)
+    if s is not None:
+        empty = _np(pc.binary_length(s)) == 0
+        if n and bool(pc.all(pc.fill_null(pc.ascii_is_decimal(s), False)).as_py()) \
+                and pc.max(pc.binary_length(s)).as_py() <= 15:     # the usual file: plain integers
+            return _np(pc.cast(s, pa.int64())), []
+        v, parsed = _parse_floats(s)
+        not_number = ~empty & ~parsed
+    elif pd.api.types.is_integer_dtype(raw):
+        v = raw.to_numpy()
+        return v.astype(np.int64), [(np.abs(v) >= MAX_TIMESTAMP, "is out of range (|t| >= 1e15 s)")]
+    else:
+        v = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        empty, parsed, not_number = np.isnan(v), ~np.isnan(v), np.zeros(n, bool)
+    finite = np.isfinite(v)
+    with np.errstate(invalid="ignore"):
+        whole = finite & (v == np.floor(v))
+        in_range = whole & (np.abs(v) < MAX_TIMESTAMP)
+    values = np.where(in_range, v, 0).astype(np.int64)
+    return values, [(empty, "is empty"), (not_number, "is not a number"),
+                    (parsed & ~finite, "is not a finite number"),
+                    (finite & ~whole, "is not a whole number of seconds"),
+                    (whole & ~in_range, "is out of range (|t| >= 1e15 s)")]
+
+
+def _raw_value(raw, i: int):
+    return raw[int(i)].as_py() if isinstance(raw, (pa.Array, pa.ChunkedArray)) else raw.iloc[int(i)]
+
+
+def reject_or_skip(path, count: TableCount, on_bad_row: str, line: np.ndarray,
+                   checks: list[tuple[str, np.ndarray, object]], outside=None, unit: str = "line",
+                   hint: str = " (set data.on_bad_row=skip to drop such rows)") -> np.ndarray:
+    """Malformed rows of one table. `checks`: [(reason, mask over the rows, describe(i) -> text)];
+    `outside`: (reason, lines, describe(j)) for rows not in the table (another number of fields).
+    'error': raise a DataError at the earliest such row; 'skip': count each row once, under its
+    first reason, with examples. Returns the mask of the table's rows to drop."""
+    drop = np.zeros(len(line), dtype=bool)
+    if on_bad_row == "error":
+        best = None
+        for _, mask, describe in checks:
+            idx = np.flatnonzero(mask)
+            if len(idx):
+                i = idx[np.argmin(line[idx])]
+                if best is None or line[i] < best[0]:
+                    best = (int(line[i]), describe(i))
+        if outside is not None and len(outside[1]):
+            j = int(np.argmin(outside[1]))
+            if best is None or outside[1][j] < best[0]:
+                best = (int(outside[1][j]), outside[2](j))
+        if best is not None:
+            raise DataError(f"{path} {unit} {best[0]}: {best[1]}{hint}")
+        return drop
+    if outside is not None and len(outside[1]):
+        reason, lines, describe = outside
+        count.skips.add(reason, len(lines), [f"{unit} {lines[j]}: {describe(j)}" for j in range(min(5, len(lines)))])
+    for reason in dict.fromkeys(r for r, _, _ in checks):   # in order, each row under its first reason
+        group = [(mask & ~drop, describe) for r, mask, describe in checks if r == reason]
+        new = np.zeros(len(line), dtype=bool)
+        for mask, _ in group:
+            new |= mask
+        if new.any():
+            examples = []
+            for i in np.flatnonzero(new)[:5]:
+                describe = next(d for mask, d in group if mask[i])
+                examples.append(f"{unit} {line[i]}: {describe(i)}")
+            count.skips.add(reason, int(new.sum()), examples)
+            drop |= new
+    return drop
+
+
+def _value_checks(name: str, raw, whats, exclude: np.ndarray) -> list:
+    return [(f"malformed {name}", mask & ~exclude,
+             (lambda what: lambda i: f"{name} {show(_raw_value(raw, i))} {what}")(what))
+            for mask, what in whats]
+
+
+def _skip_empty_rows(rows: CsvRows, count: TableCount) -> np.ndarray:
+    empty = rows.empty_rows()
+    count.skips.add("empty row", int(empty.sum()), [f"line {l}" for l in rows.line[empty][:5]])
+    return empty
+
+
+def _wrong_fields(rows: CsvRows):
+    return ("wrong number of fields", rows.bad_line, rows.bad_rows_message)
+
+
+def parse_ratings(df, path: Path, columns: dict[str, str], known_items: pd.Series,
                   on_bad_row: str, header_lines: int = 1) -> tuple[pd.DataFrame, TableCount]:
     """Validate raw rating rows and map them to the canonical interaction columns.
 
+    `df` is a `CsvRows` (messages name the file's physical lines) or a pandas table (e.g. from a
+    pickle; 'line N' is then row N - `header_lines` of the table, 1-based for header_lines=0).
     `columns` maps canonical names (user_id, item_id, rating, timestamp) to the file's headers.
     """
     _require_columns(df, list(columns.values()), path)
-    count = TableCount(str(path), rows_in=len(df))
-    line = np.arange(len(df)) + header_lines + 1
-    bad = np.zeros(len(df), dtype=bool)
-    numeric = {}
-    for canon in ("rating", "timestamp", "user_id", "item_id"):
-        raw = df[columns[canon]]
-        if canon in ("user_id", "item_id"):
-            nums = raw
-            isbad = raw.isna().to_numpy() | (raw.astype(str).str.strip() == "").to_numpy()
-        else:
-            nums = pd.to_numeric(raw, errors="coerce")
-            isbad = nums.isna().to_numpy() | ~np.isfinite(nums.to_numpy(dtype=float, na_value=np.nan))
-        numeric[canon] = nums
-        if isbad.any():
-            first = int(np.flatnonzero(isbad)[0])
-            value = raw.iloc[first]
-            what = "is empty" if pd.isna(value) or str(value).strip() == "" else "is not a number"
-            if on_bad_row == "error":
-                raise DataError(f"{path} line {line[first]}: {columns[canon]} {value!r} {what} "
-                                f"(set data.on_bad_row=skip to drop such rows)")
-            count.skips.add(f"malformed {columns[canon]}", int((isbad & ~bad).sum()),
-                            [f"line {line[i]}: {raw.iloc[i]!r}" for i in np.flatnonzero(isbad & ~bad)[:5]])
-            bad |= isbad
-    out = pd.DataFrame({
-        "user_id": _id_strings(numeric["user_id"]),
-        "item_id": _id_strings(numeric["item_id"]),
-        "rating": numeric["rating"].to_numpy(dtype=np.float64, na_value=np.nan),
-        "timestamp": numeric["timestamp"].to_numpy(dtype=np.float64, na_value=np.nan),
-        "_line": line,
-    })[~bad]
-    unknown = ~out["item_id"].isin(known_items)
+    if isinstance(df, CsvRows):
+        count = TableCount(str(path), rows_in=df.rows_in)
+        line, get, outside = df.line, df.text, _wrong_fields(df)
+        empty = _skip_empty_rows(df, count)
+    else:
+        count = TableCount(str(path), rows_in=len(df))
+        line, get, outside = np.arange(len(df)) + header_lines + 1, df.__getitem__, None
+        empty = np.zeros(len(df), dtype=bool)
+    checks, values = [], {}
+    for canon, check in (("rating", check_ratings), ("timestamp", check_timestamps),
+                         ("user_id", check_ids), ("item_id", check_ids)):
+        raw = get(columns[canon])
+        values[canon], whats = check(raw)
+        checks += _value_checks(columns[canon], raw, whats, empty)
+    bad = reject_or_skip(path, count, on_bad_row, line, checks, outside) | empty
+    # The rest on integer codes and arrow arrays (a 25M-row file stays a few seconds).
+    rows = np.flatnonzero(~bad)
+    items = pc.take(values["item_id"], pa.array(rows))
+    known = pa.array(np.asarray(known_items, dtype=object), pa.string())
+    item_ints, known_ints = _digit_ints(items), _digit_ints(known)
+    if item_ints is not None and known_ints is not None:
+        unknown = ~np.isin(item_ints, known_ints)
+    else:
+        unknown = ~_np(pc.fill_null(pc.is_in(items, value_set=known), False))
     if unknown.any():
         count.skips.add("unknown item id", int(unknown.sum()),
-                        [f"line {l}: item {i}" for l, i in zip(out["_line"][unknown][:5], out["item_id"][unknown][:5])])
-        out = out[~unknown]
-    # Keep the latest rating of a (user, item) pair; earlier ones are reported as duplicates.
-    out = out.sort_values(["timestamp", "_line"], kind="stable")
-    dup = out.duplicated(["user_id", "item_id"], keep="last")
+                        [f"line {line[r]}: item {values['item_id'][int(r)].as_py()}" for r in rows[unknown][:5]])
+        rows = rows[~unknown]
+    # Keep the latest rating of a (user, item) pair (by timestamp, then line); earlier ones are
+    # reported as duplicates.
+    take = pa.array(rows)
+    users, items = (_id_codes(pc.take(values[c], take)) for c in ("user_id", "item_id"))
+    pair = users * (int(items.max()) + 1 if len(items) else 1) + items
+    order = np.lexsort((line[rows], values["timestamp"][rows]))      # by timestamp, then line
+    latest = order[::-1][np.unique(pair[order[::-1]], return_index=True)[1]]
+    dup = np.ones(len(rows), dtype=bool)
+    dup[latest] = False
     if dup.any():
+        shown = order[dup[order]][:5]                                  # in (timestamp, line) order
         count.skips.add("duplicate (user, item) row; kept the latest", int(dup.sum()),
-                        [f"line {l}: user {u} item {i}" for l, u, i in
-                         zip(out["_line"][dup][:5], out["user_id"][dup][:5], out["item_id"][dup][:5])])
-        out = out[~dup]
-    out = normalise_interactions(out.sort_values("_line", kind="stable"))
+                        [f"line {line[r]}: user {values['user_id'][int(r)].as_py()} item "
+                         f"{values['item_id'][int(r)].as_py()}" for r in rows[shown]])
+        rows = rows[~dup]
+    take = pa.array(rows)
+    out = pa.table({"user_id": pc.take(values["user_id"], take), "item_id": pc.take(values["item_id"], take),
+                    "rating": pa.array(values["rating"][rows].astype(np.float32)),
+                    "timestamp": pa.array(values["timestamp"][rows].astype(np.int64))}).to_pandas()
     count.rows_out = len(out)
     count.check()
     return out, count
 
 
+def _digit_ints(s: pa.Array) -> np.ndarray | None:
+    """Validated digit-string ids as int64 when that is one-to-one (no leading zeros, at most
+    18 digits): hashing ints is much faster than hashing strings. None otherwise."""
+    if not len(s):
+        return np.zeros(0, dtype=np.int64)
+    lengths = pc.binary_length(s)
+    if pc.max(lengths).as_py() > 18 or not pc.all(pc.fill_null(pc.ascii_is_decimal(s), False)).as_py() \
+            or pc.any(pc.and_(pc.starts_with(s, "0"), pc.greater(lengths, 1))).as_py():
+        return None
+    return _np(pc.cast(s, pa.int64()))
+
+
+def _id_codes(s: pa.Array) -> np.ndarray:
+    """int64 codes 0..k-1 of the ids, equal iff the id strings are equal."""
+    ints = _digit_ints(s)
+    if ints is None:
+        return _np(pc.dictionary_encode(s).indices).astype(np.int64)
+    return np.unique(ints, return_inverse=True)[1].astype(np.int64)
+
+
 def _id_strings(s: pd.Series) -> np.ndarray:
     """Ids as strings; integral floats (pandas' reading of an int column with gaps) lose the '.0'."""
     if pd.api.types.is_float_dtype(s):
-        s = s.astype("Int64")
+        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.all(np.isfinite(v) & (v == np.floor(v))):
+            s = s.astype("Int64")
     return s.astype(str).str.strip().to_numpy()
+
+
+def read_id_table(path: Path, id_column: str, needed: list[str], on_bad_row: str,
+                  rows: CsvRows | None = None, duplicate_reason: str | None = None,
+                  known: pd.Series | None = None, unknown_reason: str = "unknown movieId",
+                  nonempty: tuple[str, ...] = ()) -> tuple[pd.DataFrame, TableCount, np.ndarray]:
+    """A table keyed by an integer id column (movies, links, synopses, trailers, RecBole items
+    and users): (the rows kept, as a DataFrame of strings, ids stripped; their count; their
+    lines). Empty rows and rows with an empty id (or an empty `nonempty` column) are dropped and
+    reported; wrong field counts and non-integer ids follow `on_bad_row`; ids not in `known`
+    and repeated ids (the first is kept, with `duplicate_reason`) are dropped and reported."""
+    rows = rows if rows is not None else _read_table(path)
+    _require_columns(rows, needed, path)
+    count = TableCount(str(path), rows_in=rows.rows_in)
+    drop = _skip_empty_rows(rows, count)
+    for column in (id_column, *nonempty):
+        blank = (_np(pc.binary_length(rows.text(column, strip=True))) == 0) & ~drop
+        count.skips.add(f"empty {column}", int(blank.sum()), [f"line {l}" for l in rows.line[blank][:5]])
+        drop |= blank
+    digits = _np(pc.fill_null(pc.ascii_is_decimal(rows.text(id_column, strip=True)), False))
+    raw = rows.text(id_column)
+    checks = [(f"malformed {id_column}", ~digits & ~drop,
+               lambda i: f"{id_column} {show(_raw_value(raw, i))} is not an integer id")]
+    drop |= reject_or_skip(path, count, on_bad_row, rows.line, checks, _wrong_fields(rows))
+    rows = rows.take(~drop)
+    df = rows.table.to_pandas()
+    df[id_column] = rows.strings(id_column, strip=True)
+    keep = np.ones(len(df), dtype=bool)
+    if known is not None:
+        unknown = ~df[id_column].isin(known).to_numpy()
+        count.skips.add(unknown_reason, int(unknown.sum()),
+                        [f"line {l}: {id_column} {m}" for l, m in zip(rows.line[unknown][:5], df[id_column][unknown][:5])])
+        keep &= ~unknown
+    if duplicate_reason:
+        dup = df[id_column].where(keep).duplicated().to_numpy() & keep
+        count.skips.add(duplicate_reason, int(dup.sum()),
+                        [f"line {l}: {id_column} {m}" for l, m in zip(rows.line[dup][:5], df[id_column][dup][:5])])
+        keep &= ~dup
+    df = df[keep].reset_index(drop=True)
+    count.rows_out = len(df)
+    count.check()
+    return df, count, rows.line[keep]
 
 
 # ---------------------------------------------------------------------------------------------
 # MovieLens-100k as shipped in RecBole's atomic files (recbole==1.2.1 dataset_example/ml-100k)
 
-def _read_atomic(path: Path) -> pd.DataFrame:
-    """RecBole atomic files: tab-separated, headers like `item_id:token`."""
-    df = _read_table(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-    df.columns = [c.split(":")[0] for c in df.columns]
-    return df
+def _read_atomic(path: Path) -> CsvRows:
+    """RecBole atomic files: tab-separated, unquoted, headers like `item_id:token`."""
+    return _read_table(path, sep="\t", quoting=False).renamed(lambda c: c.split(":")[0])
 
 
 @register_reader("ml100k")
 def read_ml100k(data_cfg: dict | None = None) -> MultiModalDataset:
+    """RecBole's ml-100k.item / .inter / .user (tab-separated, unquoted); bad rows as in the
+    module docstring (the .item and .user tables like movies.csv, the .inter like ratings.csv)."""
     data_cfg = data_cfg or {}
+    on_bad_row = data_cfg.get("on_bad_row", "error")
     root = Path(data_cfg.get("path") or assets.ml100k_dir())
     item_path, inter_path, user_path = (root / f"ml-100k.{ext}" for ext in ("item", "inter", "user"))
-    raw_items = _read_atomic(item_path)
-    _require_columns(raw_items, ["item_id", "movie_title", "release_year", "class"], item_path)
+    raw_items, item_count, _ = read_id_table(
+        item_path, "item_id", ["item_id", "movie_title", "release_year", "class"], on_bad_row,
+        rows=_read_atomic(item_path), duplicate_reason="duplicate item_id; kept the first")
     items = pd.DataFrame({
-        "item_id": raw_items["item_id"].str.strip(),
-        "title": raw_items["movie_title"].str.strip(),
-        "year": raw_items["release_year"].str.strip(),
+        "item_id": raw_items["item_id"].to_numpy(),
+        "title": raw_items["movie_title"].str.strip().to_numpy(),
+        "year": raw_items["release_year"].str.strip().to_numpy(),
         "genres": [g.split() for g in raw_items["class"]],
     })
-    item_count = TableCount(str(item_path), len(raw_items), len(items))
-    raw_inter = _read_table(inter_path, sep="\t")
-    raw_inter.columns = [c.split(":")[0] for c in raw_inter.columns]
     inter, inter_count = parse_ratings(
-        raw_inter, inter_path, {"user_id": "user_id", "item_id": "item_id", "rating": "rating",
-                                "timestamp": "timestamp"},
-        items["item_id"], data_cfg.get("on_bad_row", "error"))
-    users = _read_atomic(user_path)
-    _require_columns(users, ["user_id"], user_path)
+        _read_atomic(inter_path), inter_path, {"user_id": "user_id", "item_id": "item_id",
+                                               "rating": "rating", "timestamp": "timestamp"},
+        items["item_id"], on_bad_row)
+    users, user_count, _ = read_id_table(user_path, "user_id", ["user_id"], on_bad_row,
+                                         rows=_read_atomic(user_path),
+                                         duplicate_reason="duplicate user_id; kept the first")
     users = users.rename(columns={"zip_code": "zip"})
     return MultiModalDataset("ml100k", items, inter, users,
-                             {"items": item_count, "interactions": inter_count},
+                             {"items": item_count, "interactions": inter_count, "users": user_count},
                              {"reader": "ml100k", "path": str(root)}, root)
 
 
@@ -173,26 +423,20 @@ def _resolve_in(root: Path, name: str | None) -> Path | None:
     return p if p.is_absolute() or p.exists() else root / p
 
 
-def _read_item_map(path: Path, columns: list[str], known_items: pd.Series,
-                   duplicate_reason: str) -> tuple[pd.DataFrame, TableCount]:
-    """A per-movie side table (synopses, trailers), indexed by movieId; rows of unknown or
-    repeated movies are dropped, counted and reported."""
-    df = _read_table(path, dtype=str, keep_default_na=False)
-    _require_columns(df, columns, path)
-    count = TableCount(str(path), rows_in=len(df))
-    unknown = ~df["movieId"].isin(known_items)
-    count.skips.add("unknown movieId", int(unknown.sum()), [f"movieId {m}" for m in df["movieId"][unknown][:5]])
-    df = df[~unknown]
-    dup = df["movieId"].duplicated()
-    count.skips.add(duplicate_reason, int(dup.sum()), [f"movieId {m}" for m in df["movieId"][dup][:5]])
-    df = df[~dup]
-    count.rows_out = len(df)
-    count.check()
+def _read_item_map(path: Path, columns: list[str], known_items: pd.Series, duplicate_reason: str,
+                   on_bad_row: str = "error", nonempty: tuple[str, ...] = ()) -> tuple[pd.DataFrame, TableCount]:
+    """A per-movie side table (links, synopses, trailers), indexed by movieId (`read_id_table`):
+    rows of unknown, empty or repeated movieIds (and with an empty `nonempty` column) are
+    dropped, counted and reported; wrong field counts and non-integer movieIds follow `on_bad_row`."""
+    df, count, _ = read_id_table(path, "movieId", columns, on_bad_row, known=known_items,
+                                 duplicate_reason=duplicate_reason, nonempty=nonempty)
     return df.set_index("movieId"), count
 
 
 @register_reader("ml25m")
 def read_ml25m(data_cfg: dict) -> MultiModalDataset:
+    """GroupLens MovieLens-25M (ratings.csv, movies.csv, links.csv), the optional synopsis CSV
+    and ml-youtube.csv. Bad rows as in the module docstring; every file gets a report entry."""
     if not data_cfg.get("path"):
         raise DataError("data.path: the MovieLens-25M reader needs the GroupLens directory (ml-25m/)")
     root = Path(data_cfg["path"])
@@ -201,56 +445,47 @@ def read_ml25m(data_cfg: dict) -> MultiModalDataset:
     on_bad_row = data_cfg.get("on_bad_row", "error")
 
     movies_path = root / "movies.csv"
-    movies = _read_table(movies_path, dtype=str, keep_default_na=False)
-    _require_columns(movies, ["movieId", "title", "genres"], movies_path)
-    item_count = TableCount(str(movies_path), rows_in=len(movies))
-    blank = movies["movieId"].str.strip() == ""
-    item_count.skips.add("empty movieId", int(blank.sum()), [f"line {i + 2}" for i in np.flatnonzero(blank)[:5]])
-    movies = movies[~blank]
-    dup = movies["movieId"].duplicated()
-    item_count.skips.add("duplicate movieId; kept the first", int(dup.sum()),
-                         [f"movieId {m}" for m in movies["movieId"][dup][:5]])
-    movies = movies[~dup]
+    movies, item_count, _ = read_id_table(movies_path, "movieId", ["movieId", "title", "genres"],
+                                          on_bad_row, duplicate_reason="duplicate movieId; kept the first")
     titles, years = zip(*(split_title_year(t) for t in movies["title"])) if len(movies) else ((), ())
     items = pd.DataFrame({
-        "item_id": movies["movieId"].str.strip().to_numpy(),
+        "item_id": movies["movieId"].to_numpy(),
         "title": list(titles),
         "year": list(years),
-        "genres": [[] if g in ("(no genres listed)", "") else g.split("|") for g in movies["genres"]],
+        "genres": [[] if g.strip() in ("(no genres listed)", "") else g.strip().split("|")
+                   for g in movies["genres"]],
     })
-    item_count.rows_out = len(items)
-    item_count.check()
     report = {"items": item_count}
 
     links_path = root / "links.csv"
     if links_path.exists():
-        links = _read_table(links_path, dtype=str, keep_default_na=False)
-        _require_columns(links, ["movieId", "imdbId", "tmdbId"], links_path)
-        links = links.drop_duplicates("movieId").set_index("movieId")
-        items["imdb_id"] = items["item_id"].map(links["imdbId"]).fillna("").to_numpy()
-        items["tmdb_id"] = items["item_id"].map(links["tmdbId"]).fillna("").to_numpy()
+        links, report["links"] = _read_item_map(links_path, ["movieId", "imdbId", "tmdbId"], items["item_id"],
+                                                "duplicate movieId; kept the first", on_bad_row)
+        items["imdb_id"] = items["item_id"].map(links["imdbId"].str.strip()).fillna("").to_numpy()
+        items["tmdb_id"] = items["item_id"].map(links["tmdbId"].str.strip()).fillna("").to_numpy()
 
     syn_path = _resolve_in(root, data_cfg.get("synopsis_file"))
     if syn_path is not None:
         syn, report["synopses"] = _read_item_map(syn_path, ["movieId", "synopsis"], items["item_id"],
-                                                 "duplicate movieId; kept the first")
+                                                 "duplicate movieId; kept the first", on_bad_row)
         items["synopsis"] = items["item_id"].map(syn["synopsis"]).fillna("").to_numpy()
 
     yt_path = root / "ml-youtube.csv"
     if yt_path.exists():
         yt, report["trailers"] = _read_item_map(yt_path, ["youtubeId", "movieId"], items["item_id"],
-                                                "second trailer of a movie; kept the first")
+                                                "second trailer of a movie; kept the first", on_bad_row,
+                                                nonempty=("youtubeId",))
         trailer_dir = Path(data_cfg.get("trailer_dir") or (root / "trailers"))
-        youtube = items["item_id"].map(yt["youtubeId"])
+        youtube = items["item_id"].map(yt["youtubeId"].str.strip())
         items["youtube_id"] = youtube.fillna("").to_numpy()
         items["trailer"] = [str(trailer_dir / f"{y}.mp4") if isinstance(y, str) and y else None
                             for y in youtube]
 
     ratings_path = root / "ratings.csv"
-    raw = _read_table(ratings_path)
     inter, inter_count = parse_ratings(
-        raw, ratings_path, {"user_id": "userId", "item_id": "movieId", "rating": "rating",
-                            "timestamp": "timestamp"}, items["item_id"], on_bad_row)
+        _read_table(ratings_path), ratings_path, {"user_id": "userId", "item_id": "movieId",
+                                                  "rating": "rating", "timestamp": "timestamp"},
+        items["item_id"], on_bad_row)
     report["interactions"] = inter_count
     return MultiModalDataset("ml25m", items, inter, None, report,
                              {"reader": "ml25m", "path": str(root)}, root)

@@ -23,14 +23,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocessing.files import write_text_atomic
+from preprocessing.files import write_dir_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+MAX_TIMESTAMP = 10 ** 15    # seconds; larger magnitudes are not timestamps (and lose float precision)
+DATASET_FILES = ("items.parquet", "interactions.parquet", "users.parquet", "report.json")
 
 
 class DataError(ValueError):
     """Bad input data, with the file, line, item or field named in the message."""
+
+
+def read_parquet_table(path: str | Path) -> pd.DataFrame:
+    """A Parquet file as a DataFrame; a missing, truncated or non-Parquet file is a DataError
+    naming it (instead of pyarrow's message, which does not always say which file)."""
+    import pyarrow as pa
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read as a Parquet table: {' '.join(str(e).split())}") from None
 
 
 @dataclass
@@ -101,13 +116,16 @@ class MultiModalDataset:
         self.interactions = self.interactions.reset_index(drop=True)
         validate_tables(self.items, self.interactions, self.users)
 
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Write the tables (and `extra_files`, name -> text) into `out_dir`; report.json last."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.items.to_parquet(out / "items.parquet", index=False)
         self.interactions.to_parquet(out / "interactions.parquet", index=False)
         if self.users is not None:
             self.users.to_parquet(out / "users.parquet", index=False)
+        for name, text in (extra_files or {}).items():
+            write_text_atomic(out / name, text)
         meta = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
@@ -120,26 +138,45 @@ class MultiModalDataset:
         write_text_atomic(out / "report.json", json.dumps(meta, indent=2))   # written last: marks a complete directory
         return out
 
+    def save_atomic(self, out_dir: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """`save` into a temporary sibling, renamed into place: `out_dir` holds either what it
+        held before or the complete new dataset, whenever the process is killed. An existing
+        `out_dir` is replaced only if it holds nothing but a dataset's files."""
+        owned = set(DATASET_FILES) | set(extra_files or {})
+        return write_dir_atomic(out_dir, lambda tmp: self.save(tmp, extra_files), owned=owned)
+
     @classmethod
     def load(cls, path: str | Path) -> "MultiModalDataset":
         path = Path(path)
         report_file = path / "report.json"
         if not report_file.exists():
             raise DataError(f"{path}: not a processed mmrec dataset (no report.json)")
-        meta = json.loads(report_file.read_text())
+        try:
+            meta = json.loads(report_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            line = f" line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise DataError(f"{report_file}{line}: not valid JSON ({e.msg if line else e.reason})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{report_file}: not an mmrec dataset report (a JSON object)")
         if meta.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{report_file}: format_version {meta.get('format_version')} "
                             f"!= {FORMAT_VERSION}; re-run `mmrec preprocess`")
-        users = pd.read_parquet(path / "users.parquet") if (path / "users.parquet").exists() else None
+        if "name" not in meta:
+            raise DataError(f"{report_file}: not an mmrec dataset report (no 'name'); re-run `mmrec preprocess`")
+        users = read_parquet_table(path / "users.parquet") if (path / "users.parquet").exists() else None
         report = {}
-        for k, v in meta.get("tables", {}).items():
-            tc = TableCount(v["source"], v["rows_in"], v["rows_out"])
-            tc.skips.counts = dict(v["skipped"]["counts"])
-            tc.skips.examples = dict(v["skipped"]["examples"])
+        for k, v in (meta.get("tables") or {}).items():
+            try:
+                tc = TableCount(str(v["source"]), int(v["rows_in"]), int(v["rows_out"]))
+                tc.skips.counts = {str(r): int(n) for r, n in dict(v["skipped"]["counts"]).items()}
+                tc.skips.examples = {str(r): list(e) for r, e in dict(v["skipped"]["examples"]).items()}
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise DataError(f"{report_file}: malformed entry tables.{k} ({type(e).__name__}: {e})") from None
             report[k] = tc
         root = meta.get("root")
-        return cls(meta["name"], pd.read_parquet(path / "items.parquet"),
-                   pd.read_parquet(path / "interactions.parquet"), users, report,
+        items, inter, users = check_loaded_tables(path, read_parquet_table(path / "items.parquet"),
+                                                  read_parquet_table(path / "interactions.parquet"), users)
+        return cls(meta["name"], items, inter, users, report,
                    meta.get("source", {}), Path(root) if root else path)
 
     def summary_lines(self) -> list[str]:
@@ -149,6 +186,18 @@ class MultiModalDataset:
             lines.append(f"  {tc.source}: {tc.rows_in} rows in, {tc.rows_out} kept")
             lines += [f"    {l}" for l in tc.skips.lines()]
         return lines
+
+
+def isin(values: pd.Series, allowed: pd.Series) -> np.ndarray:
+    """`values.isin(allowed)` as a bool array; for string columns through pyarrow (several
+    times faster than pandas' on millions of ids)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    try:
+        a, b = pa.array(values, pa.string()), pa.array(allowed, pa.string())
+    except (pa.ArrowException, TypeError, ValueError):
+        return values.isin(allowed).to_numpy(dtype=bool)
+    return pc.fill_null(pc.is_in(a, value_set=b), False).to_numpy(zero_copy_only=False)
 
 
 def validate_tables(items: pd.DataFrame, inter: pd.DataFrame, users: pd.DataFrame | None) -> None:
@@ -161,12 +210,107 @@ def validate_tables(items: pd.DataFrame, inter: pd.DataFrame, users: pd.DataFram
     dup = items["item_id"].duplicated()
     if dup.any():
         raise DataError(f"items table: duplicate item_id {items['item_id'][dup].iloc[0]!r}")
-    unknown = ~inter["item_id"].isin(items["item_id"])
+    unknown = ~isin(inter["item_id"], items["item_id"])
     if unknown.any():
         raise DataError(f"interactions table: item_id {inter['item_id'][unknown].iloc[0]!r} "
                         f"is not in the items table ({int(unknown.sum())} rows)")
     if users is not None and "user_id" not in users.columns:
         raise DataError("users table: missing column 'user_id'")
+
+
+def _rows(mask) -> np.ndarray:
+    return np.flatnonzero(np.asarray(mask, dtype=bool)) + 1
+
+
+def _string_ids(df: pd.DataFrame, column: str, file: Path) -> pd.Series:
+    """An id column as strings: nulls, empty strings and non-integral numbers are a DataError
+    naming the file's row (1-based); integers are written out."""
+    s = df[column]
+    if pd.api.types.is_bool_dtype(s) or (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_integer_dtype(s)):
+        raise DataError(f"{file}: column '{column}' holds {s.dtype} values, not string ids")
+    bad = np.array(s.isna().to_numpy(), dtype=bool)
+    if isinstance(s.dtype, pd.StringDtype):        # the usual column: no per-value Python
+        bad |= (s.str.strip().str.len() == 0).fillna(False).to_numpy(dtype=bool)
+        if bad.any():
+            r = _rows(bad)[0]
+            raise DataError(f"{file} row {r}: {column} {s.iloc[r - 1]!r} is empty")
+        return s
+    if pd.api.types.is_integer_dtype(s):
+        s = s.astype(str)
+    elif not pd.api.types.is_string_dtype(s):
+        kinds = s[~bad].map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        if not kinds.all():
+            r = _rows(~bad)[np.flatnonzero(~kinds)[0]]
+            raise DataError(f"{file} row {r}: {column} {s.iloc[r - 1]!r} is not a string id")
+    s = s.astype(object).where(~bad, "").astype(str)
+    bad |= (s.str.strip().str.len() == 0).to_numpy()
+    if bad.any():
+        raise DataError(f"{file} row {_rows(bad)[0]}: {column} {df[column].iloc[_rows(bad)[0] - 1]!r} is empty")
+    return s
+
+
+def _with_ids(df: pd.DataFrame, column: str, file: Path) -> pd.DataFrame:
+    unchanged = isinstance(df[column].dtype, pd.StringDtype)   # checked, kept as it is
+    ids = _string_ids(df, column, file)
+    return df if unchanged else df.assign(**{column: ids.to_numpy()})
+
+
+def check_loaded_tables(path: Path, items: pd.DataFrame, inter: pd.DataFrame,
+                        users: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """Row checks of a processed directory's tables (written by `mmrec preprocess`, so anything
+    malformed there is an error, whatever data.on_bad_row says): a one-line DataError naming the
+    Parquet file and the row (1-based) for a missing column, an empty or non-string id, a
+    duplicate item or user id, a rating that is not a finite non-negative number, a timestamp
+    that is not a whole number of seconds (|t| < 1e15), an interaction of an unknown item.
+    Valid rows come out unchanged (integer ids as strings)."""
+    path = Path(path)
+    items_file, inter_file, users_file = (path / f"{t}.parquet" for t in ("items", "interactions", "users"))
+    for df, file, needed in ((items, items_file, ["item_id"]), (inter, inter_file, list(INTERACTION_COLUMNS)),
+                             (users, users_file, ["user_id"])):
+        missing = [] if df is None else [c for c in needed if c not in df.columns]
+        if missing:
+            raise DataError(f"{file}: missing column(s) {missing} (columns: {list(df.columns)})")
+    items = _with_ids(items, "item_id", items_file)
+    dup = items["item_id"].duplicated().to_numpy()
+    if dup.any():
+        r = _rows(dup)[0]
+        first = int(np.flatnonzero(items["item_id"].to_numpy() == items["item_id"].iloc[r - 1])[0]) + 1
+        raise DataError(f"{items_file} row {r}: duplicate item_id {items['item_id'].iloc[r - 1]!r} (first at row {first})")
+    if users is not None:
+        users = _with_ids(users, "user_id", users_file)
+        dup = users["user_id"].duplicated().to_numpy()
+        if dup.any():
+            raise DataError(f"{users_file} row {_rows(dup)[0]}: duplicate user_id {users['user_id'].iloc[_rows(dup)[0] - 1]!r}")
+    inter = _with_ids(_with_ids(inter, "user_id", inter_file), "item_id", inter_file)
+    for column in ("rating", "timestamp"):
+        s = inter[column]
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            raise DataError(f"{inter_file}: column '{column}' holds {s.dtype} values, not numbers")
+    rating = inter["rating"].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(rating) | (np.nan_to_num(rating) < 0)
+    if bad.any():
+        r = _rows(bad)[0]
+        raise DataError(f"{inter_file} row {r}: rating {float(rating[r - 1])!r} is not a finite non-negative number")
+    ts = inter["timestamp"]
+    if pd.api.types.is_integer_dtype(ts) and not ts.isna().any():
+        v = ts.to_numpy()
+        bad = (v >= MAX_TIMESTAMP) | (v <= -MAX_TIMESTAMP)
+    else:
+        v = ts.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(v) | (v != np.floor(v)) | (np.abs(v) >= MAX_TIMESTAMP)
+    if bad.any():
+        r = _rows(bad)[0]
+        raise DataError(f"{inter_file} row {r}: timestamp {ts.iloc[r - 1].item()!r} is not a whole number of "
+                        f"seconds (|t| < 1e15)")
+    if not pd.api.types.is_integer_dtype(ts):   # whole numbers stored as floats: the canonical int64
+        inter = inter.assign(timestamp=v.astype(np.int64))
+    unknown = ~isin(inter["item_id"], items["item_id"])
+    if unknown.any():
+        r = _rows(unknown)[0]
+        raise DataError(f"{inter_file} row {r}: item_id {inter['item_id'].iloc[r - 1]!r} is not in "
+                        f"{items_file.name} ({int(unknown.sum())} rows)")
+    return items, inter, users
 
 
 def normalise_interactions(df: pd.DataFrame) -> pd.DataFrame:
