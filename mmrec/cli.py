@@ -19,9 +19,10 @@ def _quiet_libraries() -> None:
     # torch.distributed deprecation notices, repeated by DeepSpeed at every step.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torch.distributed.*deprecated.*")
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    # transformers reads these when (and if) a command imports it: no import here, so a
+    # command that stops at a config mistake does not pay for loading it.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _is_main_process() -> bool:
@@ -35,21 +36,34 @@ def _config(args) -> dict:
 
 def cmd_preprocess(args) -> int:
     from mmrec.data.pipeline import prepare
+    from mmrec.data.preprocess_report import (REPORT_FILE, preprocess_report, summary_lines,
+                                              write_preprocess_output)
+    from mmrec.data.tables import DataError
     cfg = _config(args)
     prepared = prepare(cfg)
     for line in prepared.report["dataset"]:
         print(line)
     print("fields present:", prepared.report["fields_present"])
     print("split:", json.dumps(prepared.split.stats))
+    report = preprocess_report(prepared, cfg["fields"])
+    for line in summary_lines(report):
+        print(line)
     if args.out:
-        prepared.dataset.save(args.out)
-        print(f"canonical dataset written to {args.out}")
+        try:   # atomically: a killed preprocess leaves --out as it was; a re-run finishes it
+            write_preprocess_output(prepared, args.out, report)
+        except FileExistsError as e:
+            raise DataError(f"--out: {e}") from None
+        print(f"canonical dataset and {REPORT_FILE} written to {args.out}")
     return 0
 
 
 def cmd_train(args) -> int:
-    from mmrec.training.trainer import load_run_config, train
-    cfg = load_run_config(args.resume, args.overrides) if args.resume else _config(args)
+    if args.resume:
+        from mmrec.training.trainer import load_run_config
+        cfg = load_run_config(args.resume, args.overrides)
+    else:
+        cfg = _config(args)   # a config mistake stops here, before the trainer's imports
+    from mmrec.training.trainer import train
     run_dir, metrics = train(cfg, args.resume)
     return 0
 
@@ -115,13 +129,20 @@ def cmd_extract_features(args) -> int:
     for item in args.feat or []:
         letter, _, names = item.partition("=")
         layout[letter.strip()] = [n for n in names.split(",") if n]
-    report = extract_features(_config(args), args.out, text=args.text, pooling=args.pooling,
+    cfg = _config(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under a launcher rank 0 extracts and writes (once); the others wait for its result.
+        from mmrec.training.trainer import make_accelerator
+        make_accelerator()
+    from mmrec.distributed import run_on_main
+    report = run_on_main(lambda: extract_features(cfg, args.out, text=args.text, pooling=args.pooling,
                               run=args.run, run_fields=args.run_fields.split(",") if args.run_fields else None,
                               timm_model=args.timm_model, timm_weights=args.timm_weights,
                               timm_field=args.timm_field, multihot=args.multihot,
                               clcrec_layout=args.clcrec_layout, layout_map=layout or None,
-                              warm_holdout=args.warm_holdout)
-    print(json.dumps(report, indent=1))
+                              warm_holdout=args.warm_holdout))
+    if _is_main_process():
+        print(json.dumps(report, indent=1))
     return 0
 
 
@@ -201,16 +222,63 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--warm-holdout", type=float, default=0.0,
                     help="official layout: move this fraction of training interactions to val_warm/test_warm")
     sp.set_defaults(fn=cmd_extract_features)
+    # `--debug` before or after the subcommand; SUPPRESS keeps a subcommand from resetting it.
+    p.add_argument("--debug", action="store_true", help="user errors show their traceback "
+                   "(also: MMREC_DEBUG=1)")
+    for sp in sub.choices.values():
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are the user's mistake (a config, a command line, an input file, the
+    disk), each with a message naming what to fix; anything else is a bug and keeps its traceback."""
+    from mmrec.assets import MissingAsset
+    from mmrec.config import ConfigError
+    from mmrec.data.tables import DataError
+    from preprocessing.files import StorageError
+    return ConfigError, DataError, FileNotFoundError, MissingAsset, StorageError
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line. A message re-raised from a DataLoader worker (torch puts
+    the worker's traceback into it) is cut back to the original message."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        name, sep, rest = last.partition(": ")
+        text = rest if sep and name.replace(".", "").isidentifier() else last
+    out = ""
+    for line in (line.strip() for line in text.splitlines()):
+        if line:
+            out = line if not out else out + (" " if out.endswith((":", ",")) else "; ") + line
+    return out or type(error).__name__
+
+
+def debug_requested(args=None) -> bool:
+    env = os.environ.get("MMREC_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    from mmrec.config import ConfigError
-    from mmrec.data.tables import DataError
+    clean = False
     try:
-        return args.fn(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"mmrec: error: {e}", file=sys.stderr)
+        code = args.fn(args)
+        clean = True
+        return code
+    except user_errors() as e:
+        # User errors exit 2 with one line, from rank 0 only (every rank of `accelerate launch`
+        # meets the same mistake); --debug / MMREC_DEBUG=1: the traceback, from every rank.
+        if debug_requested(args):
+            import traceback
+            traceback.print_exc()
+        elif _is_main_process():
+            print(f"mmrec: error: {one_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        # Every command, on every rank, ends with its process group torn down in order.
+        if "torch.distributed" in sys.modules:
+            from mmrec.distributed import shutdown
+            shutdown(clean)

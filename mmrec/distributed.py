@@ -9,6 +9,8 @@ data-parallel averaging then gives exactly the gradient of the global-batch mean
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.distributed as dist
 
@@ -78,3 +80,47 @@ def block_of_units(n_units: int) -> tuple[int, int, int]:
     per = -(-n_units // world)
     start = min(rank * per, n_units)
     return start, min(start + per, n_units), per
+
+
+def run_on_main(fn):
+    """`fn()` on rank 0 only; every rank returns its result. When it raises, rank 0 re-raises it
+    and the other ranks raise the same exception (so a user error exits 2 on every rank instead
+    of leaving them waiting on a barrier). For one-off work whose output rank 0 writes alone."""
+    if not is_distributed():
+        return fn()
+    box = [None]
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", fn())]
+        except Exception as e:   # noqa: BLE001  (handed to the other ranks, then re-raised)
+            error = e
+            box = [("error", e.with_traceback(None))]
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise error if error is not None else value
+    return value
+
+
+def shutdown(clean: bool = True) -> None:
+    """Tear the process group down on this rank before the interpreter exits. Every command that
+    may run under `accelerate launch` ends here (`mmrec.cli.main`).
+
+    Without it, gloo's worker threads and the work objects they hold outlive Python's
+    finalisation, and a rank whose work is done can still die with SIGABRT ("terminate called
+    without an active exception"; pytorch/pytorch#190489). After a clean run the ranks first meet
+    at a barrier, so none tears down (or, rank 0, takes the rendezvous store with it) while another
+    still talks to it. After an error the others may never reach a barrier: no barrier then.
+    """
+    if "torch.distributed" not in sys.modules:
+        return
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import gc
+    gc.collect()   # work objects still held by garbage go while the interpreter is whole
+    try:
+        if clean:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()

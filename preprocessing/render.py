@@ -368,14 +368,14 @@ def render_jobs(jobs: Iterable[RenderJob], workers: int = 2, progress: bool = Tr
     Returns counts: ``rendered`` (jobs with something missing, now complete), ``files``
     (files written), ``skipped`` (jobs already complete).
     """
-    from tqdm.auto import tqdm
+    from preprocessing.progress import progress as progress_bar
 
     jobs = list(jobs)
     todo = [j for j in jobs if j.pending()]
     stats = {"rendered": len(todo), "files": 0, "skipped": len(jobs) - len(todo)}
     if not todo:
         return stats
-    bar = tqdm(total=len(todo), desc=desc, unit="item", disable=not progress)
+    bar = progress_bar(len(todo), desc, enabled=progress, unit="item")
     if workers <= 1 or len(todo) < 4:
         for job in todo:
             stats["files"] += _run_job(job)

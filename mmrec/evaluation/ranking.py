@@ -13,11 +13,11 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmrec.data.split import CSR
 from mmrec.distributed import block_of_units, gather_varlen, rank_and_world
 from mmrec.evaluation.evaluator import DotScorer, EvalResult, RankingEvaluator, ScoreFn
+from preprocessing.progress import progress as progress_bar
 
 
 def move_to(obj, device):
@@ -44,7 +44,9 @@ def encode_items(model, prepared, items: np.ndarray, batch_size: int, device="cp
     mine += [mine[-1] if mine else max(n_batches - 1, 0)] * pad if n_batches else []
     outs, wouts, tail = [], [], None
     ctx = autocast or nullcontext
-    for j, b in enumerate(tqdm(mine, desc="encode items", disable=not progress, leave=False)):
+    bar = progress_bar(len(mine), "encode items", enabled=progress, unit="batch", leave=False)
+    for j, b in enumerate(mine):
+        bar.update()
         content = move_to(collate(items[b * batch_size:(b + 1) * batch_size], "eval"), device)
         with ctx():
             if with_weights and hasattr(model, "item_vectors_and_weights"):
@@ -57,6 +59,7 @@ def encode_items(model, prepared, items: np.ndarray, batch_size: int, device="cp
             outs.append(v)
             if w is not None:
                 wouts.append(w.float().cpu())
+    bar.close()
     local = torch.cat(outs) if outs else torch.zeros((0,) + (tail or ()))
     V = gather_varlen(local, device)
     if not with_weights:

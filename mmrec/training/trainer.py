@@ -20,19 +20,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmrec.config import ConfigError, dump_config, flatten, load_config
+from mmrec.config_checks import check_config
 from mmrec.data.batches import EpochSampler
 from mmrec.data.pipeline import prepare
 from mmrec.data.split import Split
 from mmrec.evaluation.baselines import evaluate_baselines
 from mmrec.evaluation.ranking import evaluate_model_part
 from mmrec.models import build_model, head_class
-from mmrec.training.checkpoint import latest_checkpoint, replace_dir, save_checkpoint
+from mmrec.training.checkpoint import fail_together, load_checkpoint, replace_dir, save_checkpoint
 from mmrec.training.schedule import make_scheduler
 from mmrec.transfer import apply_transfer, frozen_eval
 from preprocessing.files import write_text_atomic
+from preprocessing.progress import progress
 
 log = logging.getLogger("mmrec")
 
@@ -131,6 +132,7 @@ def _fmt(metrics: dict, keys=("ndcg@10", "recall@10", "precision@10")) -> str:
 
 class Trainer:
     def __init__(self, cfg: dict, resume_dir: str | Path | None = None):
+        check_config(cfg, complete=True)   # what training needs of the config, before any data is read
         head = head_class(cfg["head"])
         self.accelerator = acc = make_accelerator(bool(getattr(head, "ddp_find_unused_parameters", False)))
         self.resume = resume_dir is not None
@@ -204,12 +206,13 @@ class Trainer:
         self.state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_epoch": None,
                       "val": None, "test": None, "history": [], "epoch_sums": {}}
         if self.resume:
-            ckpt = latest_checkpoint(run_dir)
+            # the newest intact checkpoint; a corrupt or truncated one is skipped with a warning
+            # (CorruptFileError if none is intact; mmrec.training.checkpoint)
+            ckpt, state = load_checkpoint(acc, run_dir)
             if ckpt is None:
                 log.warning("no checkpoint in %s; starting from the beginning", run_dir)
             else:
-                acc.load_state(str(ckpt))
-                self.state = json.loads((ckpt / "trainer_state.json").read_text())
+                self.state = state
                 log.info("resumed from %s (epoch %d, batch %d, step %d)", ckpt.name,
                          self.state["epoch"], self.state["batch"], self.state["step"])
         acc.init_trackers("tensorboard", config=flatten(cfg))
@@ -232,17 +235,32 @@ class Trainer:
         return out
 
     def save_best_model(self) -> None:
+        """model/ is written as .tmp-model and swapped in. A failed write (a full disk) removes the
+        temporary, keeps the previous best model, and raises StorageError naming the file on
+        every process; the last checkpoint is intact, so `mmrec train --resume` redoes the epoch."""
         acc = self.accelerator
         tmp = self.run_dir / ".tmp-model"
+        target, error = self.run_dir / "model" / "model.safetensors", None
         state_dict = acc.get_state_dict(self.model)   # every process: gathers ZeRO-3 shards
         if acc.is_main_process:
-            from safetensors.torch import save_file
-            tmp.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous().cpu() for k, v in state_dict.items()}, str(tmp / "model.safetensors"))
-            (tmp / "info.json").write_text(json.dumps({"epoch": self.state["best_epoch"],
-                                                       "step": self.state["step"],
-                                                       "val": self.state["val"]}, indent=1))
-            replace_dir(tmp, self.run_dir / "model")
+            try:
+                from safetensors.torch import save_file
+                if tmp.exists():   # left by a killed save
+                    import shutil
+                    shutil.rmtree(tmp)
+                tmp.mkdir(parents=True)
+                save_file({k: v.contiguous().cpu() for k, v in state_dict.items()}, str(tmp / "model.safetensors"))
+                target = self.run_dir / "model" / "info.json"
+                (tmp / "info.json").write_text(json.dumps({"epoch": self.state["best_epoch"],
+                                                           "step": self.state["step"],
+                                                           "val": self.state["val"]}, indent=1))
+                target = self.run_dir / "model"
+                replace_dir(tmp, self.run_dir / "model")
+            except Exception as e:   # noqa: BLE001 - reported on every process by fail_together
+                error = e
+        fail_together(acc, error, target, tmp,
+                      f"the last checkpoint is intact: free some space, then `mmrec train --resume "
+                      f"{self.run_dir}` continues from it")
         acc.wait_for_everyone()
 
     def checkpoint(self) -> None:
@@ -266,8 +284,11 @@ class Trainer:
             loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
             self.model.train()
             frozen_eval(acc.unwrap_model(self.model), cfg)
-            bar = tqdm(total=self.batches_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=not (acc.is_main_process and tc["progress"]), dynamic_ncols=True)
+            # A bar on a terminal; in a log file one line per `train.log_every_steps` steps (each
+            # set_postfix below) and one at the end of the epoch (close).
+            bar = progress(self.batches_per_epoch, f"epoch {epoch + 1}/{epochs}",
+                           enabled=acc.is_main_process and tc["progress"], unit="batch", initial=skip,
+                           every=0, emit=log.info, dynamic_ncols=True)
             running, n_running = {}, 0
             t_loop = time.perf_counter()
             for batch in loader:
@@ -365,8 +386,20 @@ class Trainer:
                 if "test" in b:
                     log.info("baseline %s: test %s", name, _fmt(b["test"]))
             log.info("run directory: %s", self.run_dir)
-        acc.end_training()
+        self.close()
         return metrics
+
+    def close(self) -> None:
+        """Release the wrapped model, optimizer, scheduler and loader, then close the trackers
+        and tear the process group down on every rank together. DDP's reducer (and DeepSpeed's
+        engine) hold the group and their last gloo work objects; left to be freed during
+        interpreter shutdown, they can abort a finished rank with SIGABRT ("terminate called
+        without an active exception"). See mmrec.distributed.shutdown."""
+        acc = self.accelerator
+        self.model, self.optimizer, self.scheduler, self.loader = acc.free_memory(
+            self.model, self.optimizer, self.scheduler, self.loader)
+        acc.wait_for_everyone()
+        acc.end_training()
 
 
 def train(cfg: dict, resume_dir: str | Path | None = None) -> tuple[Path, dict]:
