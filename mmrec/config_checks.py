@@ -126,6 +126,27 @@ def _check_item_tower(cfg: dict) -> None:
         elif etype == "bert":
             _check_text_field(name, fields[name], enc, encoders[enc])
     _check_fusion(list(fields), model["fusion"], d, D)
+    _check_sampling(cfg)
+
+
+def _check_sampling(cfg: dict) -> None:
+    """Mixed negatives and the distillation's hybrid, as mmrec/models/mmrec_model.py uses them."""
+    k = cfg["loss"].get("mixed_negatives")
+    if _int(k) is None or _int(k) < 0:
+        raise ConfigError(f"loss.mixed_negatives={k!r} must be a whole number >= 0 (uniform negatives per step)")
+    dc = cfg.get("distill") or {}
+    if not dc.get("id_embedding"):
+        return
+    rho, weight, tau = dc.get("rho"), dc.get("weight"), dc.get("temperature")
+    if not _num(rho) or not 0 <= rho <= 1:
+        raise ConfigError(f"distill.rho={rho!r} must be a probability in [0, 1]")
+    if not _num(weight) or weight < 0:
+        raise ConfigError(f"distill.weight={weight!r} must be >= 0")
+    if not _num(tau) or tau <= 0:
+        raise ConfigError(f"distill.temperature={tau!r} must be > 0")
+    if rho == 1 and weight == 0:
+        raise ConfigError("distill.id_embedding=true with distill.rho=1 and distill.weight=0 never uses the "
+                          "ID embedding; lower rho or raise weight")
 
 
 def _check_vision_encoder(enc: str, spec: dict) -> None:

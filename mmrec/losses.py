@@ -38,17 +38,60 @@ class PositiveLookup:
         return (self.keys[pos] == q) if len(self.keys) else torch.zeros_like(q, dtype=torch.bool)
 
 
+class SamplingFrequencies:
+    """log q of Yi et al. (RecSys'19): how often a user or item is drawn into the logits.
+
+    A pair enters a batch with probability 1 / n_pairs per slot, so the expected number of
+    in-batch columns holding item j is N * count_j / n_pairs, for a global batch of N pairs,
+    whatever `train.pairs_per_item` (runs of k pairs of one item change which items meet,
+    not how often each is drawn). Mixed negatives add M / n_train_items columns per item
+    (M uniform draws over the training items). Subtracting the log of that expectation
+    from every column's logit, the positive's included, turns the sampled softmax into a
+    consistent estimate of the full one. The counts come from all training pairs, so every
+    rank corrects with the same global frequencies. Deliberately not module buffers (see
+    PositiveLookup)."""
+
+    def __init__(self, pairs: np.ndarray, n_users: int, n_items: int, negative_pool: np.ndarray | None = None):
+        pairs = np.asarray(pairs, dtype=np.int64)
+        self.n_pairs = len(pairs)
+        self.user_counts = torch.from_numpy(np.bincount(pairs[:, 0], minlength=n_users).astype(np.float64))
+        self.item_counts = torch.from_numpy(np.bincount(pairs[:, 1], minlength=n_items).astype(np.float64))
+        self.pool = torch.zeros(n_items, dtype=torch.float64)
+        if negative_pool is not None and len(negative_pool):
+            self.pool[torch.from_numpy(np.asarray(negative_pool, dtype=np.int64))] = 1.0 / len(negative_pool)
+
+    def _to(self, device):
+        if self.item_counts.device != device:
+            self.user_counts, self.item_counts, self.pool = (t.to(device) for t in
+                                                              (self.user_counts, self.item_counts, self.pool))
+
+    def log_items(self, items: torch.Tensor, n_batch: int, n_negatives: int = 0) -> torch.Tensor:
+        """log E[#columns holding each of `items`] among n_batch in-batch + n_negatives uniform ones."""
+        self._to(items.device)
+        expected = n_batch * self.item_counts[items] / self.n_pairs + n_negatives * self.pool[items]
+        return expected.log()
+
+    def log_users(self, users: torch.Tensor, n_batch: int) -> torch.Tensor:
+        self._to(users.device)
+        return (n_batch * self.user_counts[users] / self.n_pairs).log()
+
+
 class RatingRankingLoss(nn.Module):
     """Eq. 1: for each (user i, item j) pair, softmax over the batch's items for the user plus
     softmax over the batch's users for the item.
 
     Options: a temperature; masking in-batch duplicates of the positive (same item or same user,
     whose logits would otherwise count as negatives); false-negative filtering, which also drops
-    in-batch items the user is known to like (and users known to like the item).
+    in-batch items the user is known to like (and users known to like the item); the sampling-
+    bias (logQ) correction (`SamplingFrequencies`); mixed negatives (Yang et al., WWW'20): items
+    drawn uniformly from the training items that join the user -> item denominator only. A
+    negative equal to the row's positive is always dropped; with false-negative filtering, so
+    are negatives the user is known to like.
     """
 
     def __init__(self, temperature: float = 1.0, mask_duplicates: bool = True,
-                 false_negative_filter: bool = False, positives: PositiveLookup | None = None):
+                 false_negative_filter: bool = False, positives: PositiveLookup | None = None,
+                 frequencies: SamplingFrequencies | None = None):
         super().__init__()
         self.temperature = float(temperature)
         self.mask_duplicates = bool(mask_duplicates)
@@ -56,6 +99,7 @@ class RatingRankingLoss(nn.Module):
         if self.false_negative_filter and positives is None:
             raise ValueError("false_negative_filter needs the known positives")
         self.positives = positives
+        self.frequencies = frequencies
 
     def masks(self, u_local, i_local, u_all, i_all, offset):
         """Bool masks of logits to drop: rows [B, N] (user -> items), cols [B, N] (item -> users)."""
@@ -74,8 +118,18 @@ class RatingRankingLoss(nn.Module):
         col[diag, diag + offset] = False
         return row, col
 
+    def negative_mask(self, u_local, i_local, n_all):
+        """[B, M] bool: uniform negatives to drop from each row (its positive, known positives)."""
+        drop = i_local[:, None] == n_all[None, :]
+        if self.false_negative_filter:
+            drop |= self.positives(u_local, n_all)
+        return drop
+
     def forward(self, users: torch.Tensor, items: torch.Tensor, user_idx: torch.Tensor,
-                item_idx: torch.Tensor) -> torch.Tensor:
+                item_idx: torch.Tensor, negatives: torch.Tensor | None = None,
+                negative_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """users, items: [B, D] of the local pairs; negatives: [M, D] this rank's uniform draws
+        (every rank draws as many), negative_idx their item indices."""
         rank, _ = rank_and_world()
         B = users.shape[0]
         users_all, items_all = gather_with_grad(users), gather_with_grad(items)
@@ -83,14 +137,56 @@ class RatingRankingLoss(nn.Module):
         labels = torch.arange(B, device=users.device) + offset
         row_logits = users @ items_all.T / self.temperature      # [B, N]: user -> all items
         col_logits = items @ users_all.T / self.temperature      # [B, N]: item -> all users
-        if self.mask_duplicates or self.false_negative_filter:
+        need_ids = self.mask_duplicates or self.false_negative_filter or self.frequencies is not None
+        if need_ids:
             u_all, i_all = gather_nograd(user_idx), gather_nograd(item_idx)
+        if self.mask_duplicates or self.false_negative_filter:
             row_mask, col_mask = self.masks(user_idx, item_idx, u_all, i_all, offset)
             row_logits = row_logits.masked_fill(row_mask, float("-inf"))
             col_logits = col_logits.masked_fill(col_mask, float("-inf"))
+        M = 0
+        if negatives is not None and negatives.shape[0]:
+            negs_all, n_all = gather_with_grad(negatives), gather_nograd(negative_idx)
+            M = len(n_all)
+            neg_logits = (users @ negs_all.T / self.temperature).masked_fill(
+                self.negative_mask(user_idx, item_idx, n_all), float("-inf"))
+        if self.frequencies is not None:
+            N = len(u_all)
+            row_logits = _at_least_fp32(row_logits) - self.frequencies.log_items(i_all, N, M).to(
+                _at_least_fp32(row_logits).dtype)[None, :]
+            col_logits = _at_least_fp32(col_logits) - self.frequencies.log_users(u_all, N).to(
+                _at_least_fp32(col_logits).dtype)[None, :]
+            if M:
+                neg_logits = _at_least_fp32(neg_logits) - self.frequencies.log_items(n_all, N, M).to(
+                    _at_least_fp32(neg_logits).dtype)[None, :]
+        if M:
+            row_logits = torch.cat([_at_least_fp32(row_logits), _at_least_fp32(neg_logits)], dim=1)
         loss = F.cross_entropy(_at_least_fp32(row_logits), labels, reduction="none") + \
             F.cross_entropy(_at_least_fp32(col_logits), labels, reduction="none")
         return loss.mean()
+
+
+class DistillationLoss(nn.Module):
+    """Collaborative distillation (CLCRec's L_RE inside the end-to-end model; beyond KDD'24):
+    each pair's content vector is contrasted with its item's ID embedding against the ID
+    embeddings of the global batch's other items, and back (symmetric InfoNCE over dot
+    products / temperature, the geometry items are scored in). Pairs of the same item are not
+    each other's negatives."""
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        self.temperature = float(temperature)
+
+    def forward(self, content: torch.Tensor, ids: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        rank, _ = rank_and_world()
+        B = content.shape[0]
+        content_all, ids_all, i_all = gather_with_grad(content), gather_with_grad(ids), gather_nograd(item_idx)
+        labels = torch.arange(B, device=content.device) + rank * B
+        same = item_idx[:, None] == i_all[None, :]
+        same[torch.arange(B), labels] = False
+        c2e = (_at_least_fp32(content) @ _at_least_fp32(ids_all).T / self.temperature).masked_fill(same, float("-inf"))
+        e2c = (_at_least_fp32(ids) @ _at_least_fp32(content_all).T / self.temperature).masked_fill(same, float("-inf"))
+        return (F.cross_entropy(c2e, labels) + F.cross_entropy(e2c, labels)) / 2
 
 
 class AlignmentLoss(nn.Module):

@@ -54,23 +54,38 @@ TWO_FIELDS = ["fields.genres.modality=text", "fields.genres.template={genres}",
               "loss.alignment_weight=0.5"]
 
 
-def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, cache_dir):
+# The sampling pieces of issue 16: logQ with global frequencies, mixed negatives gathered across
+# ranks (K per process, so the one-process run draws 2K), the distillation term (rho = 0: the
+# hybrid's draw is per process and could not match; the ID table scores every item).
+SAMPLING = ["loss.logq_correction=true", "distill.id_embedding=true", "distill.rho=0.0", "distill.weight=0.5"]
+
+
+@pytest.mark.parametrize("extra,one_only,two_only", [
+    ([], [], []),
+    (SAMPLING, ["loss.mixed_negatives=24"], ["loss.mixed_negatives=12"])], ids=["paper", "sampling"])
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, cache_dir, extra, one_only, two_only):
     """N processes x batch B == 1 process x batch N*B: same loss and same gradients, with
-    duplicate masking, false-negative filtering and the alignment loss all crossing ranks."""
-    common = [f"data.cache_dir={cache_dir}", "loss.false_negative_filter=true", *TWO_FIELDS]
-    run([sys.executable, "tests/dist/one_step.py", str(tmp_path / "one.pt"), "64", *common])
-    launch(CPU2, "tests/dist/one_step.py", str(tmp_path / "two.pt"), "64", *common)
+    duplicate masking, false-negative filtering and the alignment loss all crossing ranks (and
+    the logQ correction, mixed negatives and distillation)."""
+    common = [f"data.cache_dir={cache_dir}", "loss.false_negative_filter=true", *TWO_FIELDS, *extra]
+    run([sys.executable, "tests/dist/one_step.py", str(tmp_path / "one.pt"), "64", *common, *one_only])
+    launch(CPU2, "tests/dist/one_step.py", str(tmp_path / "two.pt"), "64", *common, *two_only)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["world"] == 1 and two["world"] == 2
     assert one["duplicate_users"]          # the global batch really exercises duplicate masking
     for k in one["parts"]:
+        if k.endswith("items_encoded"):   # per-process counts of distinct items, not a loss
+            continue
         assert float(two["parts"][k]) == pytest.approx(float(one["parts"][k]), rel=1e-5), k
     assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 10
     for name, g in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
     # Exactly one data-parallel wrapper, around the user table and the item tower only.
     assert two["ddp_wrappers"] == 1
-    assert {n.split(".")[0] for n in two["params"]} == {"user_embedding", "item_encoder"}
+    want = {"user_embedding", "item_encoder"} | ({"item_id_embedding"} if extra else set())
+    assert {n.split(".")[0] for n in two["params"]} == want
+    if extra:
+        assert one["parts"]["extra_items_encoded"] > 0 and "loss_distill" in one["parts"]
 
 
 def _tiny(run_dir, cache_dir, *extra):

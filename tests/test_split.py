@@ -19,11 +19,13 @@ def test_ml100k_split_has_no_cold_leakage(tiny_prepared):
     assert set(pairs[:, 1].tolist()) <= parts["train"]           # training never sees a cold item
     for p in ("val", "test"):
         assert set(s.positives[p].indices.tolist()) <= parts[p]
-    # The training batches built from those pairs only carry train items.
-    from mmrec.models.mmrec_model import MMRecModel
-    ds, collate = MMRecModel.train_data(tiny_prepared)
-    batch = collate([ds[(i, 0)] for i in range(0, len(ds), 97)])
+    # The training batches built from those pairs only carry train items, mixed negatives too.
+    from mmrec.data.batches import PairCollator, PairDataset
+    ds = PairDataset(pairs)
+    collate = PairCollator(tiny_prepared.collate, negatives=64, pool=np.unique(pairs[:, 1]))
+    batch = collate([ds[(i, i)] for i in range(0, len(ds), 97)])
     assert set(batch["item_idx"].tolist()) <= parts["train"]
+    assert len(batch["neg_idx"]) == 64 and set(batch["neg_idx"].tolist()) <= parts["train"]
 
 
 def test_ml100k_reference_split_sizes(tiny_prepared):

@@ -90,20 +90,61 @@ class PairDataset(Dataset):
         return int(u), int(i), int(seed)
 
 
-class PairCollator:
-    """Stack pairs and fetch each distinct item's content once (duplicates share one encoding)."""
+def negatives_per_pair(batch: int, k: int) -> np.ndarray:
+    """How many uniform negatives each of a batch's `batch` pairs draws, K = `k` in all:
+    floor((b+1)K/B) - floor(bK/B) for the pair at position b. The same pairs draw the same
+    negatives whether they sit in one process's batch of N*B (with N*K) or in N batches of B
+    (with K each): N x B == 1 x N*B holds for mixed negatives too."""
+    b = np.arange(batch + 1, dtype=np.int64)
+    return np.diff(b * int(k) // int(batch))
 
-    def __init__(self, collate_items: Callable[[np.ndarray, str, np.ndarray], dict]):
+
+def draw_negatives(seeds: np.ndarray, counts: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform draws (with replacement) from `pool`, counts[b] of them from pair b's sample seed,
+    and a sample seed for each draw (e.g. its trailer clip). Functions of the pairs' seeds alone,
+    i.e. of (seed, epoch, position): exact on resume and across process counts."""
+    items, sub = [], []
+    for seed, c in zip(seeds.tolist(), counts.tolist()):
+        if c:
+            rng = np.random.default_rng([seed, 0x4E4547])   # a stream apart from the sample's own
+            items.append(pool[rng.integers(0, len(pool), size=c)])
+            sub.append(rng.integers(0, 2 ** 62, size=c))
+    if not items:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(items).astype(np.int64), np.concatenate(sub).astype(np.int64)
+
+
+class PairCollator:
+    """Stack pairs and fetch each distinct item's content once (duplicates share one encoding).
+
+    With `negatives` K > 0 and a `pool` of training items, every batch also carries K items
+    drawn uniformly from the pool (`mixed negatives`; `draw_negatives`): `neg_idx` and
+    `neg_slot`, their rows among the encoded items. An item that is both a positive and a
+    negative is encoded once."""
+
+    def __init__(self, collate_items: Callable[[np.ndarray, str, np.ndarray], dict],
+                 negatives: int = 0, pool: np.ndarray | None = None):
         self.collate_items = collate_items
+        self.negatives = int(negatives)
+        if self.negatives and (pool is None or not len(pool)):
+            raise ValueError("mixed negatives need a non-empty pool of training items")
+        self.pool = None if pool is None else np.asarray(pool, dtype=np.int64)
 
     def __call__(self, samples: list[tuple[int, int, int]]) -> dict:
         users = np.fromiter((s[0] for s in samples), np.int64, len(samples))
         items = np.fromiter((s[1] for s in samples), np.int64, len(samples))
         seeds = np.fromiter((s[2] for s in samples), np.int64, len(samples))
-        unique, first, slot = np.unique(items, return_index=True, return_inverse=True)
-        return {
+        neg, neg_seeds = (draw_negatives(seeds, negatives_per_pair(len(samples), self.negatives), self.pool)
+                          if self.negatives else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        unique, first, slot = np.unique(np.r_[items, neg], return_index=True, return_inverse=True)
+        slot = slot.reshape(-1)
+        batch = {
             "user_idx": torch.from_numpy(users),
             "item_idx": torch.from_numpy(items),
-            "item_slot": torch.from_numpy(slot.reshape(-1)),
-            "content": self.collate_items(unique, "train", seeds[first]),
+            "item_slot": torch.from_numpy(slot[:len(items)].copy()),
+            "content": self.collate_items(unique, "train", np.r_[seeds, neg_seeds][first]),
         }
+        if self.negatives:
+            batch["neg_idx"] = torch.from_numpy(neg)
+            batch["neg_slot"] = torch.from_numpy(slot[len(items):].copy())
+        return batch

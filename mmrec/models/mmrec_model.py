@@ -7,7 +7,9 @@ from torch import nn
 
 from encoders.item_encoder import ItemEncoder
 from mmrec.data.batches import PairCollator, PairDataset
-from mmrec.losses import AlignmentLoss, PositiveLookup, RatingRankingLoss
+from mmrec.data.text_cache import attach_text_caches
+from mmrec.losses import (AlignmentLoss, DistillationLoss, PositiveLookup, RatingRankingLoss,
+                          SamplingFrequencies)
 from mmrec.models import register_head
 
 
@@ -25,28 +27,70 @@ class MMRecModel(nn.Module):
                     encoder.set_grad_checkpointing(True)
         loss = cfg["loss"]
         lookup = PositiveLookup(train_pairs, n_items) if loss["false_negative_filter"] else None
+        self.mixed_negatives = int(loss["mixed_negatives"])
+        # The uniform negatives' pool: every item with a training pair. (None when built to be
+        # loaded, e.g. by export: only training needs the pool and the frequencies.)
+        self.negative_pool = None if train_pairs is None else np.unique(np.asarray(train_pairs)[:, 1])
+        freq = (SamplingFrequencies(train_pairs, n_users, n_items, self.negative_pool)
+                if loss["logq_correction"] and train_pairs is not None else None)
         self.ranking_loss = RatingRankingLoss(loss["temperature"], loss["mask_duplicates"],
-                                              loss["false_negative_filter"], lookup)
+                                              loss["false_negative_filter"], lookup, freq)
+        # Collaborative distillation: an ID embedding per item, read only by the training loss.
+        # Cold items have no trained row; every scoring path (item_vectors) is content-only.
+        dc = cfg["distill"]
+        self.distill = bool(dc["id_embedding"])
+        if self.distill:
+            self.item_id_embedding = nn.Embedding(n_items, D)
+            nn.init.normal_(self.item_id_embedding.weight, std=float(cfg["model"]["user_init_std"]))
+            self.distill_rho, self.distill_weight = float(dc["rho"]), float(dc["weight"])
+            self.distill_loss = DistillationLoss(dc["temperature"])
         self.alignment_weight = float(loss["alignment_weight"])
         self.alignment_loss = AlignmentLoss()
 
     @classmethod
     def build(cls, cfg: dict, prepared) -> "MMRecModel":
         s = prepared.split
-        return cls(cfg, s.n_users, s.n_items, s.train_pairs())
+        model = cls(cfg, s.n_users, s.n_items, s.train_pairs())
+        # frozen bottoms of pretrained text encoders, computed once per run (encoders.*.cache_frozen)
+        model.text_caches = attach_text_caches(model.item_encoder, prepared, cfg)
+        return model
 
-    @staticmethod
-    def train_data(prepared):
-        return PairDataset(prepared.split.train_pairs()), PairCollator(prepared.collate)
+    def train_data(self, prepared):
+        return (PairDataset(prepared.split.train_pairs()),
+                PairCollator(prepared.collate, self.mixed_negatives, self.negative_pool))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.item_encoder(batch["content"])
         slot = batch["item_slot"]
-        items = out.v[slot]
+        neg_slot = batch.get("neg_slot")
+        encoded = out.v
+        losses = {}
+        if self.distill:
+            # the encoded items' indices, then CLCRec's hybrid: the ID embedding scores each item
+            # in the rating loss, the content vector standing in with probability rho
+            ids = torch.zeros(len(encoded), dtype=torch.long, device=encoded.device)
+            ids[slot] = batch["item_idx"]
+            if neg_slot is not None:
+                ids[neg_slot] = batch["neg_idx"]
+            id_vectors = self.item_id_embedding(ids)
+            stand_in = torch.rand(len(encoded), device=encoded.device) < self.distill_rho
+            encoded = torch.where(stand_in[:, None], out.v, id_vectors)
+        items = encoded[slot]
         users = self.user_embedding(batch["user_idx"])
-        loss_r = self.ranking_loss(users, items, batch["user_idx"], batch["item_idx"])
-        losses = {"loss_rating": loss_r.detach()}
+        negatives = None if neg_slot is None else encoded[neg_slot]
+        loss_r = self.ranking_loss(users, items, batch["user_idx"], batch["item_idx"],
+                                   negatives, batch.get("neg_idx"))
+        losses["loss_rating"] = loss_r.detach()
         loss = loss_r
+        if self.distill and self.distill_weight > 0:
+            loss_d = self.distill_loss(out.v[slot], id_vectors[slot], batch["item_idx"])
+            losses["loss_distill"] = loss_d.detach()
+            loss = loss + self.distill_weight * loss_d
+        # items encoded this step (this process): the positives' distinct items, and the extra
+        # ones the uniform negatives brought
+        n_pos = len(torch.unique(slot))
+        losses["items_encoded"] = torch.tensor(float(len(encoded)))
+        losses["extra_items_encoded"] = torch.tensor(float(len(encoded) - n_pos))
         names = self.item_encoder.field_names
         if self.alignment_weight > 0 and len(names) > 1:
             z = torch.stack([out.z[n] for n in names], dim=1)[slot]
