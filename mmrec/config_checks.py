@@ -227,6 +227,9 @@ def _check_bert_encoder(enc: str, spec: dict) -> None:
     pooling = spec.get("pooling")
     if pooling not in BERT_POOLING:
         raise ConfigError(f"encoders.{enc}.pooling={pooling!r} must be one of {', '.join(BERT_POOLING)}")
+    if spec.get("cache_frozen") and not spec.get("freeze") and not _int(spec.get("freeze_layers")):
+        raise ConfigError(f"encoders.{enc}.cache_frozen=true needs a frozen bottom to cache: set "
+                          f"encoders.{enc}.freeze_layers > 0 or encoders.{enc}.freeze=true")
     sizes = _bert_scratch_sizes(enc, spec)
     # transformers' BertSelfAttention: hidden_size splits evenly into the attention heads.
     if sizes is not None and not _divides(int(sizes["num_attention_heads"]), int(sizes["hidden_size"])):

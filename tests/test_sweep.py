@@ -119,7 +119,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_restarted_in_place(tmp_path
 
 def _compare_heads():
     import importlib.util
-    spec = importlib.util.spec_from_file_location("compare_heads", "scripts/compare_heads.py")
+    spec = importlib.util.spec_from_file_location("compare_trailer_features", "scripts/compare_trailer_features.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -151,3 +151,38 @@ def test_compare_heads_reuses_only_identical_runs_on_identical_splits(tmp_path):
     ch.same_split([a, a])
     with pytest.raises(SystemExit, match="test_items"):
         ch.same_split([a, b])
+
+
+def _script(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_heads_table_means_ratios_and_wins(tmp_path):
+    """The cold-item table from finished runs: mean ± sample std per row, every seed's value, the
+    default's ratio to CLCRec and kNN and the splits it wins, each piece's gain over `tower`."""
+    ch = _script("compare_heads")
+    values = {"clcrec": [0.30, 0.20], "tower": [0.20, 0.10], "tower+logq": [0.26, 0.13], "default": [0.33, 0.18]}
+    for name, per_seed in values.items():
+        for s, v in enumerate(per_seed):
+            d = tmp_path / name / f"seed-{s}"
+            d.mkdir(parents=True)
+            m = {"test": {"ndcg@10": v, "recall@10": v * 2}}
+            if name == "default":
+                m["baselines"] = {"random": {"test": {"ndcg@10": 0.05, "recall@10": 0.1}},
+                                  "knn_frozen_text": {"test": {"ndcg@10": 0.15 + s * 0.01, "recall@10": 0.3}}}
+            (d / "metrics.json").write_text(json.dumps(m))
+    found = ch.collect(tmp_path, [0, 1], list(values))
+    labels = {**dict(ch.BASELINES), **{k: k for k in values}}
+    table = {r["row"]: r for r in ch.rows(found, [0, 1], labels)}
+    assert table["default"]["ndcg@10_mean"] == pytest.approx(25.5)
+    assert table["default"]["ndcg@10_std"] == pytest.approx(np.std([33.0, 18.0], ddof=1))
+    assert table["knn_frozen_text"]["ndcg@10_seed1"] == pytest.approx(16.0)
+    text = ch.markdown(list(table.values()), [0, 1], "python scripts/compare_heads.py")
+    assert "default / CLCRec NDCG@10: 1.02x on the mean; the default is ahead on 1 of 2 splits" in text
+    assert "default / frozen-text kNN NDCG@10: 1.65x" in text        # 25.5 / 15.5 = 1.645
+    assert "tower+logq: +4.50 NDCG@10 points over tower" in text      # 19.5 - 15.0
+    assert "| 33.00 | 18.00 |" in text                                 # the default's seeds
