@@ -1,156 +1,168 @@
-"""The cold-start comparison table on MovieLens-100k (one command): random vs frozen-text kNN vs
-CLCRec (frozen text features; frozen text + stand-in-trailer features) vs end-to-end mmrec.
+"""The MovieLens-100k cold-item table, one command: baselines, CLCRec trained to convergence, the
+paper's end-to-end method, each piece of issue 16 added alone, and the default config.
 
-For each seed s every row is trained on the same cold-item split (model seed = split seed = s;
-checked: the script stops if two runs of a seed saved different splits):
+Every row of a seed is trained on the same cold-item split (model seed = split seed = s; the
+script stops if two runs of a seed saved different splits). Rows:
 
-  mmrec              `mmrec train --config configs/ml100k.yaml`: end-to-end on REAL text (MiniLM,
-                     fine-tuned). Its metrics.json also holds the random and frozen-MiniLM kNN
-                     baselines computed on split s (the first two rows).
-  clcrec-text        `configs/clcrec_ml100k.yaml`: CLCRec over frozen mean-pooled MiniLM features.
-  trailer-encoder    `configs/ml100k_video.yaml`: end-to-end mmrec on the STAND-IN trailers only
-                     (rendered from genres and year; not real trailers). Reported as its own row.
-  trailer-features   `mmrec extract-features --run trailer-encoder/seed-s`: that run's frozen
-                     trailer vectors (mean over segments). The encoder saw split s's training
-                     interactions only, so the cold items' features carry no test information.
-  clcrec-text+trailer  CLCRec over the frozen text features and those trailer features.
+  random, kNN        the baselines in the default run's metrics.json (same split): random scores,
+                     and cosine kNN of frozen mean-pooled MiniLM text to the user's training items
+  clcrec             `configs/clcrec_ml100k.yaml` for 30 epochs, the best epoch by validation, with
+                     the ablations' best lambda and eta (README "Comparison heads: CLCRec")
+  paper              `configs/ml100k_paper.yaml`: Eq. 1 alone, MiniLM's top 2 layers fine-tuned for
+                     2 epochs at one learning rate (the default until issue 16)
+  tower              the default's text tower and budget (frozen layers cached, separate learning
+                     rates, its epochs) with Eq. 1 alone: the tower piece added alone
+  tower + logQ | + mixed negatives | + distillation
+                     one sampling/distillation piece added to that
+  default            `configs/ml100k.yaml` as shipped
 
-Each run is a process of its own in OUT/<cell>/seed-<s>/; a finished run (metrics.json) is
-skipped and an interrupted one continues from its checkpoint, so re-running resumes.
-`--reuse CELL=DIR` takes the runs of a cell from an earlier sweep (DIR/seed-<s>/) instead of
-training them again; their resolved config must equal this command's (else an error names the
-differing keys). The table (cold test, mean ± std over seeds) goes to OUT/table.md and stdout.
+Each run is a process of its own in OUT/<cell>/seed-<s>/; a finished run is skipped and an
+interrupted one resumes from its checkpoint, so re-running continues. The table (cold test, mean
+± std over seeds, then every seed's value) is written to docs/results/ml100k_cold_items.md and
+.csv (`--results`), and to stdout.
 
     python scripts/compare_heads.py --out runs/compare-ml100k --seeds 0 1 2 3 4
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from mmrec.config import flatten, load_config
-from mmrec.sweep import run_cell
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-TEXT_CFG = "configs/ml100k.yaml"
+from mmrec.sweep import run_cell  # noqa: E402
+from preprocessing.files import write_text_atomic  # noqa: E402
+
+DEFAULT_CFG = "configs/ml100k.yaml"
+PAPER_CFG = "configs/ml100k_paper.yaml"
 CLCREC_CFG = "configs/clcrec_ml100k.yaml"
-VIDEO_CFG = "configs/ml100k_video.yaml"
-FEATURE = "run_trailer"          # the file `extract-features --run` writes for the field `trailer`
+PIECES_OFF = ["loss.logq_correction=false", "loss.mixed_negatives=0", "distill.id_embedding=false"]
 
-ROWS = [("random", "Random"),
-        ("knn_frozen_text", "Frozen MiniLM text features, kNN (no training)"),
-        ("clcrec-text", "CLCRec, frozen text features"),
-        ("clcrec-text+trailer", "CLCRec, frozen text + stand-in-trailer features"),
-        ("trailer-encoder", "mmrec end-to-end, stand-in trailers only"),
-        ("mmrec", "mmrec end-to-end, text (MiniLM fine-tuned)")]
+# name, label, config, overrides
+CELLS = [
+    ("clcrec", "CLCRec, frozen MiniLM features (30 epochs, best by validation; λ 0.5, η 0.1)",
+     CLCREC_CFG, ["train.epochs=30", "eval.every_epochs=1", "eval.baselines=[random]"]),
+    ("paper", "mmrec, the paper's method (Eq. 1; MiniLM top 2 layers fine-tuned 2 epochs)", PAPER_CFG, []),
+    ("tower", "mmrec, + text tower that trains enough (Eq. 1 alone)", DEFAULT_CFG, PIECES_OFF),
+    ("tower+logq", "mmrec, tower + logQ correction", DEFAULT_CFG, PIECES_OFF + ["loss.logq_correction=true"]),
+    ("tower+mixed", "mmrec, tower + mixed negatives", DEFAULT_CFG, PIECES_OFF + ["loss.mixed_negatives=128"]),
+    ("tower+distill", "mmrec, tower + collaborative distillation", DEFAULT_CFG,
+     PIECES_OFF + ["distill.id_embedding=true"]),
+    ("default", "mmrec, the default config (configs/ml100k.yaml)", DEFAULT_CFG, []),
+]
+BASELINES = [("random", "Random"), ("knn_frozen_text", "Frozen MiniLM text, kNN (no training)")]
 METRICS = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10"}
 
 
-def trailer_field(feature_dir: Path) -> list[str]:
-    spec = {"modality": "features", "source": "file", "path": str(feature_dir), "name": FEATURE}
-    return [f"fields.trailer_feat={json.dumps(spec)}"]
-
-
-def cells(out: Path, seed: int, overrides: list[str]) -> dict[str, tuple[str, list[str]]]:
-    """cell -> (config, overrides) for one seed (the trailer features depend on the seed)."""
-    return {"mmrec": (TEXT_CFG, overrides),
-            "clcrec-text": (CLCREC_CFG, overrides),
-            "trailer-encoder": (VIDEO_CFG, overrides),
-            "clcrec-text+trailer": (CLCREC_CFG, overrides + trailer_field(
-                (out / "trailer-features" / f"seed-{seed}").resolve()))}
-
-
-def check_reused(run_dir: Path, config: str, overrides: list[str], seed: int) -> None:
-    """A reused run must be the run this command would train (run_dir, progress and other heads'
-    sections aside)."""
-    want = flatten(load_config(config, overrides + [f"seed={seed}", f"split.seed={seed}"]))
-    have = flatten(load_config(run_dir / "config.yaml"))
-    skip = ("run_dir", "train.progress")
-    other_heads = {"clcrec", "cmclrec", "sasrec"} - {want["head"]}   # sections this head never reads
-    diff = sorted(k for k in set(want) | set(have) if k not in skip and k.split(".")[0] not in other_heads
-                  and want.get(k) != have.get(k))
-    if diff:
-        raise SystemExit(f"--reuse: {run_dir} was trained with a different config; differing keys: "
-                         + ", ".join(f"{k} ({have.get(k)!r} there, {want.get(k)!r} here)" for k in diff[:8]))
-
-
-def extract(run_dir: Path, feature_dir: Path) -> None:
-    if (feature_dir / f"{FEATURE}.npy").exists():
-        return
-    cmd = [sys.executable, "-m", "mmrec", "extract-features", "--config", str(run_dir / "config.yaml"),
-           "--out", str(feature_dir), "--run", str(run_dir), "--run-fields", "trailer"]
-    feature_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(feature_dir.parent / f"{feature_dir.name}.log", "a") as log:
-        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-            raise RuntimeError(f"feature extraction failed: {' '.join(cmd)}; see {log.name}")
-
-
 def same_split(dirs: list[Path]) -> None:
-    """Every row of a seed must be scored on the same items and users."""
     ref = np.load(dirs[0] / "split.npz", allow_pickle=True)
     for d in dirs[1:]:
         other = np.load(d / "split.npz", allow_pickle=True)
         for k in ref.files:
             if k in other.files and not np.array_equal(ref[k], other[k]):
-                raise SystemExit(f"{d}: its split ('{k}') differs from {dirs[0]}'s; the rows would "
-                                 "not be comparable")
+                raise SystemExit(f"{d}: its split ('{k}') differs from {dirs[0]}'s; the rows would not be comparable")
 
 
-def table(found: dict[str, list[dict]], seeds: list[int]) -> str:
-    head = "| Item representation | " + " | ".join(METRICS.values()) + " | seeds |"
-    lines = [head, "|---|" + "---|" * (len(METRICS) + 1)]
-    for key, label in ROWS:
-        vals = found.get(key) or []
-        cells = []
+def collect(out: Path, seeds: list[int], cells: list[str]) -> dict[str, dict[int, dict]]:
+    """row -> seed -> cold-test metrics, for the finished runs."""
+    found: dict[str, dict[int, dict]] = {}
+    for s in seeds:
+        for name in cells:
+            f = out / name / f"seed-{s}" / "metrics.json"
+            if not f.exists():
+                continue
+            m = json.loads(f.read_text())
+            found.setdefault(name, {})[s] = m["test"]
+            if name == "default":
+                for b, parts in (m.get("baselines") or {}).items():
+                    found.setdefault(b, {})[s] = parts["test"]
+    return found
+
+
+def rows(found: dict, seeds: list[int], labels: dict[str, str]) -> list[dict]:
+    out = []
+    for key, label in labels.items():
+        per_seed = found.get(key, {})
+        row = {"row": key, "label": label, "seeds": len(per_seed)}
         for m in METRICS:
-            v = np.array([x[m] for x in vals], dtype=float) * 100
-            cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}" if len(v) else "-")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(vals)} |")
-    return "\n".join(lines)
+            v = np.array([per_seed[s][m] for s in seeds if s in per_seed], dtype=float) * 100
+            row[f"{m}_mean"] = float(v.mean()) if len(v) else None
+            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else (0.0 if len(v) else None)
+            for s in seeds:
+                row[f"{m}_seed{s}"] = per_seed[s][m] * 100 if s in per_seed else None
+        out.append(row)
+    return out
+
+
+def markdown(table: list[dict], seeds: list[int], command: str) -> str:
+    def cell(r, m):
+        return "-" if r[f"{m}_mean"] is None else f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_std']:.2f}"
+    lines = ["| Item representation | " + " | ".join(METRICS.values()) + " | seeds | "
+             + " | ".join(f"NDCG@10 s{s}" for s in seeds) + " |",
+             "|---|" + "---|" * (len(METRICS) + 1 + len(seeds))]
+    for r in table:
+        per = " | ".join("-" if r[f"ndcg@10_seed{s}"] is None else f"{r[f'ndcg@10_seed{s}']:.2f}" for s in seeds)
+        lines.append(f"| {r['label']} | " + " | ".join(cell(r, m) for m in METRICS) + f" | {r['seeds']} | {per} |")
+    by = {r["row"]: r for r in table}
+    notes = []
+    d, c, k = (by.get(x, {}).get("ndcg@10_mean") for x in ("default", "clcrec", "knn_frozen_text"))
+    if d is not None and c:
+        wins = sum(1 for s in seeds if by["default"][f"ndcg@10_seed{s}"] is not None
+                   and by["clcrec"][f"ndcg@10_seed{s}"] is not None
+                   and by["default"][f"ndcg@10_seed{s}"] > by["clcrec"][f"ndcg@10_seed{s}"])
+        notes.append(f"default / CLCRec NDCG@10: {d / c:.2f}x on the mean; the default is ahead on {wins} of "
+                     f"{len(seeds)} splits")
+    if d is not None and k:
+        notes.append(f"default / frozen-text kNN NDCG@10: {d / k:.2f}x")
+    t = by.get("tower", {}).get("ndcg@10_mean")
+    for piece in ("tower+logq", "tower+mixed", "tower+distill"):
+        p = by.get(piece, {}).get("ndcg@10_mean")
+        if p is not None and t is not None:
+            notes.append(f"{piece}: {p - t:+.2f} NDCG@10 points over tower")
+    return ("\n".join(lines) + "\n\nCold-item test metrics in %, mean ± std over seeds " + str(seeds)
+            + " (seed = model seed = split seed); REAL MovieLens-100k ratings and text.\n\n"
+            + "".join(f"- {n}\n" for n in notes) + f"\nRegenerate: `{command}`\n")
 
 
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/compare-ml100k")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--reuse", action="append", default=[], metavar="CELL=DIR",
-                    help="take CELL's runs from DIR/seed-<s>/ (e.g. mmrec=runs/sweep-ml100k-text/base)")
+    ap.add_argument("--cells", default=",".join(c[0] for c in CELLS), help="comma-separated subset of the rows")
+    ap.add_argument("--results", default="docs/results/ml100k_cold_items",
+                    help="the table's path without extension (.md and .csv are written)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. a smaller budget)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    reuse = dict(r.split("=", 1) for r in args.reuse)
-    unknown = set(reuse) - {"mmrec", "clcrec-text", "trailer-encoder"}
-    if unknown:
-        raise SystemExit(f"--reuse: {sorted(unknown)} (reusable cells: mmrec, clcrec-text, trailer-encoder)")
+    chosen = [c for c in CELLS if c[0] in args.cells.split(",")]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(vars(args), indent=1))
-    found: dict[str, list[dict]] = {}
     for s in args.seeds:
-        dirs = {}
-        for cell, (config, overrides) in cells(out, s, list(args.overrides)).items():
-            run_dir = (Path(reuse[cell]) if cell in reuse else out / cell) / f"seed-{s}"
-            if cell in reuse:
-                check_reused(run_dir, config, overrides, s)
-            if cell == "clcrec-text+trailer":
-                extract(dirs["trailer-encoder"], out / "trailer-features" / f"seed-{s}")
-            ran = run_cell(config, overrides, {}, s, run_dir)
-            print(f"{cell} seed {s}: {'done' if ran else 'already finished'} ({run_dir})", flush=True)
-            dirs[cell] = run_dir
-        same_split(list(dirs.values()))
-        for cell, run_dir in dirs.items():
-            m = json.loads((run_dir / "metrics.json").read_text())
-            found.setdefault(cell, []).append(m["test"])
-            if cell == "mmrec":
-                for b, parts in (m.get("baselines") or {}).items():
-                    found.setdefault(b, []).append(parts["test"])
-    text = (table(found, args.seeds) + f"\n\ncold-item test metrics in %, mean ± std over seeds {args.seeds} "
-            f"(seed = model seed = split seed); MovieLens-100k ratings and text are REAL, the trailers are "
-            f"STAND-INS rendered from genres and year; overrides {args.overrides}\n")
-    (out / "table.md").write_text(text)
+        dirs = []
+        for name, _, config, overrides in chosen:
+            run_dir = out / name / f"seed-{s}"
+            ran = run_cell(config, overrides + list(args.overrides), {}, s, run_dir)
+            print(f"{name} seed {s}: {'done' if ran else 'already finished'} ({run_dir})", flush=True)
+            dirs.append(run_dir)
+        same_split(dirs)
+    labels = {**dict(BASELINES), **{c[0]: c[1] for c in chosen}}
+    table = rows(collect(out, args.seeds, [c[0] for c in chosen]), args.seeds, labels)
+    command = "python scripts/compare_heads.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = markdown(table, args.seeds, command.strip())
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results.with_suffix(".md"), "# MovieLens-100k cold items\n\n" + text)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table[0]))
+    writer.writeheader()
+    writer.writerows(table)
+    write_text_atomic(results.with_suffix(".csv"), buf.getvalue())
     print(text)
     return text
 
