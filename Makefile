@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   installs everything into .venv, trains the default MovieLens-100k config (text), then
-#               the tiny video + text demo (stand-in trailers on the same real ratings)
+#               a short video run on the synthetic world (the video path learning from pixels), and
+#               prints three lines per run against its baselines
 #   make test   installs everything into .venv and runs the test suite
 PY        ?= python3
 VENV      ?= .venv
@@ -26,7 +27,8 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/mmrec train
-	$(BIN)/mmrec train --config configs/tiny_video_text.yaml
+	$(BIN)/mmrec train --config configs/demo_world.yaml
+	$(BIN)/python scripts/demo_summary.py ml100k-text world-demo
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -3,6 +3,7 @@
 The runs are stood in for by a fake launcher (a tiny script writing metrics.json), so the test
 checks the sweep's own logic: which runs it starts, with which arguments, and the table."""
 import json
+import os
 import sys
 import textwrap
 
@@ -186,3 +187,25 @@ def test_compare_heads_table_means_ratios_and_wins(tmp_path):
     assert "default / frozen-text kNN NDCG@10: 1.65x" in text        # 25.5 / 15.5 = 1.645
     assert "tower+logq: +4.50 NDCG@10 points over tower" in text      # 19.5 - 15.0
     assert "| 33.00 | 18.00 |" in text                                 # the default's seeds
+
+
+def test_demo_summary_three_lines_per_run_against_baselines(tmp_path, monkeypatch):
+    ds = _script("demo_summary")
+    runs = tmp_path / "runs"
+    for name, ndcg, age in (("world-demo", 0.20, 3), ("world-demo-2", 0.30, 1), ("world-demo-big", 0.9, 0)):
+        d = runs / name
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text("data:\n  source: world\n")
+        (d / "metrics.json").write_text(json.dumps({
+            "test": {"ndcg@10": ndcg, "recall@10": 0.5}, "best_epoch": 4, "split": {"test_items": 90},
+            "baselines": {"random": {"test": {"ndcg@10": 0.06}}, "oracle": {"test": {"ndcg@10": 0.6}}}}))
+        os.utime(d / "metrics.json", (1e9 - age, 1e9 - age))
+    monkeypatch.chdir(tmp_path)
+    run = ds.newest_run("world-demo")
+    assert run.name == "world-demo-2"                    # the newest of its name, not another name's
+    lines = ds.summary(run)
+    assert len(lines) == 3 and "SYNTHETIC" in lines[0] and "90 cold test items" in lines[0]
+    assert "NDCG@10  30.00" in lines[1]
+    assert lines[2].strip() == "vs      random 6.00 (model 5.00x); oracle 60.00 (model 0.50x)"
+    with pytest.raises(SystemExit, match="no finished run named nothing"):
+        ds.newest_run("nothing")
