@@ -107,6 +107,17 @@ def run_cell(config: str | None, overrides: list[str], cell: dict, seed: int, ru
     return True
 
 
+
+def same_split(dirs: list[Path]) -> None:
+    """Every row of one seed must be scored on the same items and users: stop otherwise."""
+    ref = np.load(dirs[0] / "split.npz", allow_pickle=True)
+    for d in dirs[1:]:
+        other = np.load(d / "split.npz", allow_pickle=True)
+        for k in ref.files:
+            if k in other.files and not np.array_equal(ref[k], other[k]):
+                raise SystemExit(f"{d}: its split ('{k}') differs from {dirs[0]}'s; the rows would "
+                                 "not be comparable")
+
 def collect(out: Path, cells: list[tuple[str, dict]], seeds: list[int], part: str = "test") -> dict:
     """{row name: {metric: [values over seeds]}} for the cells and the stored baselines."""
     rows: dict[str, dict[str, list[float]]] = {}

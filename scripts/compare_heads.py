@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mmrec.sweep import run_cell  # noqa: E402
+from mmrec.sweep import run_cell, same_split  # noqa: E402
 from preprocessing.files import write_text_atomic  # noqa: E402
 
 DEFAULT_CFG = "configs/ml100k.yaml"
@@ -59,15 +59,6 @@ CELLS = [
 ]
 BASELINES = [("random", "Random"), ("knn_frozen_text", "Frozen MiniLM text, kNN (no training)")]
 METRICS = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10"}
-
-
-def same_split(dirs: list[Path]) -> None:
-    ref = np.load(dirs[0] / "split.npz", allow_pickle=True)
-    for d in dirs[1:]:
-        other = np.load(d / "split.npz", allow_pickle=True)
-        for k in ref.files:
-            if k in other.files and not np.array_equal(ref[k], other[k]):
-                raise SystemExit(f"{d}: its split ('{k}') differs from {dirs[0]}'s; the rows would not be comparable")
 
 
 def collect(out: Path, seeds: list[int], cells: list[str]) -> dict[str, dict[int, dict]]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from mmrec.config import flatten, load_config
-from mmrec.sweep import run_cell
+from mmrec.sweep import run_cell, same_split
 
 TEXT_CFG = "configs/ml100k_paper.yaml"
 CLCREC_CFG = "configs/clcrec_ml100k.yaml"
@@ -89,17 +89,6 @@ def extract(run_dir: Path, feature_dir: Path) -> None:
     with open(feature_dir.parent / f"{feature_dir.name}.log", "a") as log:
         if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
             raise RuntimeError(f"feature extraction failed: {' '.join(cmd)}; see {log.name}")
-
-
-def same_split(dirs: list[Path]) -> None:
-    """Every row of a seed must be scored on the same items and users."""
-    ref = np.load(dirs[0] / "split.npz", allow_pickle=True)
-    for d in dirs[1:]:
-        other = np.load(d / "split.npz", allow_pickle=True)
-        for k in ref.files:
-            if k in other.files and not np.array_equal(ref[k], other[k]):
-                raise SystemExit(f"{d}: its split ('{k}') differs from {dirs[0]}'s; the rows would "
-                                 "not be comparable")
 
 
 def table(found: dict[str, list[dict]], seeds: list[int]) -> str:
