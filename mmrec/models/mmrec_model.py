@@ -89,8 +89,8 @@ class MMRecModel(nn.Module):
         # items encoded this step (this process): the positives' distinct items, and the extra
         # ones the uniform negatives brought
         n_pos = len(torch.unique(slot))
-        losses["items_encoded"] = torch.tensor(float(len(encoded)))
-        losses["extra_items_encoded"] = torch.tensor(float(len(encoded) - n_pos))
+        losses["items_encoded"] = torch.tensor(float(len(encoded)), device=encoded.device)
+        losses["extra_items_encoded"] = torch.tensor(float(len(encoded) - n_pos), device=encoded.device)
         names = self.item_encoder.field_names
         if self.alignment_weight > 0 and len(names) > 1:
             z = torch.stack([out.z[n] for n in names], dim=1)[slot]
