@@ -17,7 +17,7 @@ the max |difference| of the eval-mode vectors of every item for one set of weigh
 run's) through the cached and the uncached forward.
 
 Usage:
-  python scripts/bench_text.py                           # configs/ml100k.yaml, 20 steps, freeze 4,5 (~10 min on 2 cores)
+  python scripts/bench_text.py                           # configs/ml100k_paper.yaml, 20 steps, freeze 4,5 (~10 min on 2 cores)
   python scripts/bench_text.py --steps 60 --freeze 4,5,all train.batch_size=64
   python scripts/bench_text.py --config configs/ml100k.yaml data.cache_dir=.mmrec_cache
 """
@@ -63,7 +63,7 @@ def vector_difference(run: dict, batch_size: int) -> tuple[float, int]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/ml100k.yaml")
+    p.add_argument("--config", default="configs/ml100k_paper.yaml")
     p.add_argument("--steps", type=int, default=20, help="training steps per setting")
     p.add_argument("--freeze", default="4,5", help="frozen depths (encoders.text.freeze_layers) to measure; "
                    "'all': encoders.text.freeze=true")
@@ -81,7 +81,8 @@ def main():
             runs = {}
             for cached in (False, True):
                 tag = f"freeze{depth}-{'cached' if cached else 'plain'}"
-                frozen = ["encoders.text.freeze=true"] if depth == "all" else [f"encoders.text.freeze_layers={int(depth)}"]
+                frozen = (["encoders.text.freeze=true"] if depth == "all" else
+                          ["encoders.text.freeze=false", f"encoders.text.freeze_layers={int(depth)}"])
                 runs[cached] = train_once(a.config, base + frozen + [
                     f"encoders.text.cache_frozen={str(cached).lower()}", f"run_dir={tmp}/{tag}"])
                 print(f"  measured: freeze_layers={depth}, {'cached' if cached else 'uncached'}", flush=True)
