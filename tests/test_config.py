@@ -7,7 +7,9 @@ from mmrec.config import ConfigError, load_config, parse_overrides
 def test_default_config_resolves_with_entry_defaults():
     cfg = load_config("configs/ml100k.yaml")
     assert cfg["data"]["source"] == "ml100k" and cfg["split"]["ratios"] == [0.85, 0.075, 0.075]
-    assert cfg["encoders"]["text"]["freeze"] is False and cfg["encoders"]["text"]["tokenizer"] is None  # bert defaults
+    text = cfg["encoders"]["text"]
+    assert text["freeze"] is True and text["cache_frozen"] is True          # set by the file
+    assert text["freeze_layers"] == 0 and text["tokenizer"] is None and text["num_layers"] is None  # bert defaults
     assert cfg["fields"]["text"]["modality"] == "text"
 
 
