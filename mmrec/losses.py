@@ -135,8 +135,9 @@ class RatingRankingLoss(nn.Module):
         users_all, items_all = gather_with_grad(users), gather_with_grad(items)
         offset = rank * B
         labels = torch.arange(B, device=users.device) + offset
-        row_logits = users @ items_all.T / self.temperature      # [B, N]: user -> all items
-        col_logits = items @ users_all.T / self.temperature      # [B, N]: item -> all users
+        # fp32 softmax statistics from here on (exact: a bf16/fp16 value casts to fp32 unchanged)
+        row_logits = _at_least_fp32(users @ items_all.T / self.temperature)   # [B, N]: user -> all items
+        col_logits = _at_least_fp32(items @ users_all.T / self.temperature)   # [B, N]: item -> all users
         need_ids = self.mask_duplicates or self.false_negative_filter or self.frequencies is not None
         if need_ids:
             u_all, i_all = gather_nograd(user_idx), gather_nograd(item_idx)
@@ -148,21 +149,18 @@ class RatingRankingLoss(nn.Module):
         if negatives is not None and negatives.shape[0]:
             negs_all, n_all = gather_with_grad(negatives), gather_nograd(negative_idx)
             M = len(n_all)
-            neg_logits = (users @ negs_all.T / self.temperature).masked_fill(
+            neg_logits = _at_least_fp32(users @ negs_all.T / self.temperature).masked_fill(
                 self.negative_mask(user_idx, item_idx, n_all), float("-inf"))
         if self.frequencies is not None:
             N = len(u_all)
-            row_logits = _at_least_fp32(row_logits) - self.frequencies.log_items(i_all, N, M).to(
-                _at_least_fp32(row_logits).dtype)[None, :]
-            col_logits = _at_least_fp32(col_logits) - self.frequencies.log_users(u_all, N).to(
-                _at_least_fp32(col_logits).dtype)[None, :]
+            row_logits = row_logits - self.frequencies.log_items(i_all, N, M).to(row_logits.dtype)[None, :]
+            col_logits = col_logits - self.frequencies.log_users(u_all, N).to(col_logits.dtype)[None, :]
             if M:
-                neg_logits = _at_least_fp32(neg_logits) - self.frequencies.log_items(n_all, N, M).to(
-                    _at_least_fp32(neg_logits).dtype)[None, :]
+                neg_logits = neg_logits - self.frequencies.log_items(n_all, N, M).to(neg_logits.dtype)[None, :]
         if M:
-            row_logits = torch.cat([_at_least_fp32(row_logits), _at_least_fp32(neg_logits)], dim=1)
-        loss = F.cross_entropy(_at_least_fp32(row_logits), labels, reduction="none") + \
-            F.cross_entropy(_at_least_fp32(col_logits), labels, reduction="none")
+            row_logits = torch.cat([row_logits, neg_logits], dim=1)
+        loss = F.cross_entropy(row_logits, labels, reduction="none") + \
+            F.cross_entropy(col_logits, labels, reduction="none")
         return loss.mean()
 
 
