@@ -144,6 +144,8 @@ def _check_sampling(cfg: dict) -> None:
         raise ConfigError(f"distill.weight={weight!r} must be >= 0")
     if not _num(tau) or tau <= 0:
         raise ConfigError(f"distill.temperature={tau!r} must be > 0")
+    if not isinstance(dc.get("cosine"), bool):
+        raise ConfigError(f"distill.cosine={dc.get('cosine')!r} must be true or false")
     if rho == 1 and weight == 0:
         raise ConfigError("distill.id_embedding=true with distill.rho=1 and distill.weight=0 never uses the "
                           "ID embedding; lower rho or raise weight")

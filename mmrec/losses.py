@@ -169,11 +169,16 @@ class DistillationLoss(nn.Module):
     each pair's content vector is contrasted with its item's ID embedding against the ID
     embeddings of the global batch's other items, and back (symmetric InfoNCE over dot
     products / temperature, the geometry items are scored in). Pairs of the same item are not
-    each other's negatives."""
+    each other's negatives.
 
-    def __init__(self, temperature: float = 1.0):
+    cosine=True contrasts cosine similarities instead, as CLCRec does: over dot products both
+    vectors can simply grow until the term is ~0 (seen on ML-100k, docs/notes/issue16-default.md),
+    while unit vectors at a temperature keep a margin to learn."""
+
+    def __init__(self, temperature: float = 1.0, cosine: bool = False):
         super().__init__()
         self.temperature = float(temperature)
+        self.cosine = bool(cosine)
 
     def forward(self, content: torch.Tensor, ids: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         rank, _ = rank_and_world()
@@ -182,6 +187,9 @@ class DistillationLoss(nn.Module):
         labels = torch.arange(B, device=content.device) + rank * B
         same = item_idx[:, None] == i_all[None, :]
         same[torch.arange(B), labels] = False
+        if self.cosine:
+            content, ids = F.normalize(_at_least_fp32(content), dim=-1), F.normalize(_at_least_fp32(ids), dim=-1)
+            content_all, ids_all = F.normalize(_at_least_fp32(content_all), dim=-1), F.normalize(_at_least_fp32(ids_all), dim=-1)
         c2e = (_at_least_fp32(content) @ _at_least_fp32(ids_all).T / self.temperature).masked_fill(same, float("-inf"))
         e2c = (_at_least_fp32(ids) @ _at_least_fp32(content_all).T / self.temperature).masked_fill(same, float("-inf"))
         return (F.cross_entropy(c2e, labels) + F.cross_entropy(e2c, labels)) / 2

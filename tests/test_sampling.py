@@ -164,19 +164,23 @@ def test_an_item_both_positive_and_negative_is_encoded_once():
     assert batch["content"]["f"]["seed"][enc == 5].item() == 11
 
 
-def test_distillation_loss_matches_reference():
+@pytest.mark.parametrize("cosine", [False, True])
+def test_distillation_loss_matches_reference(cosine):
     torch.manual_seed(1)
     C = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     E = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     items = [3, 7, 3, 9, 1]            # item 3 twice: not its own negative
-    got = DistillationLoss(temperature=0.5)(C, E, torch.tensor(items))
+    got = DistillationLoss(temperature=0.5, cosine=cosine)(C, E, torch.tensor(items))
+
+    def sim(a, b):
+        return (a @ b / (a.norm() * b.norm()) if cosine else a @ b) / 0.5
     total = 0.0
     for p in range(5):
         keep = [q for q in range(5) if q == p or items[q] != items[p]]
-        c2e = torch.stack([C[p] @ E[q] / 0.5 for q in keep])
-        e2c = torch.stack([E[p] @ C[q] / 0.5 for q in keep])
-        total = total - (C[p] @ E[p] / 0.5 - torch.logsumexp(c2e, 0)) / 2 \
-            - (E[p] @ C[p] / 0.5 - torch.logsumexp(e2c, 0)) / 2
+        c2e = torch.stack([sim(C[p], E[q]) for q in keep])
+        e2c = torch.stack([sim(E[p], C[q]) for q in keep])
+        total = total - (sim(C[p], E[p]) - torch.logsumexp(c2e, 0)) / 2 \
+            - (sim(E[p], C[p]) - torch.logsumexp(e2c, 0)) / 2
     want = total / 5
     assert got.item() == pytest.approx(want.item(), rel=1e-10)
     for g, w in zip(torch.autograd.grad(got, (C, E)), torch.autograd.grad(want, (C, E))):

@@ -43,7 +43,7 @@ class MMRecModel(nn.Module):
             self.item_id_embedding = nn.Embedding(n_items, D)
             nn.init.normal_(self.item_id_embedding.weight, std=float(cfg["model"]["user_init_std"]))
             self.distill_rho, self.distill_weight = float(dc["rho"]), float(dc["weight"])
-            self.distill_loss = DistillationLoss(dc["temperature"])
+            self.distill_loss = DistillationLoss(dc["temperature"], dc["cosine"])
         self.alignment_weight = float(loss["alignment_weight"])
         self.alignment_loss = AlignmentLoss()
 
