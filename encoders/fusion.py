@@ -20,7 +20,7 @@ from torch import nn
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
-from encoders.base import EncoderOutput
+from encoders.base import EncoderOutput, Fusion
 from encoders.registry import register_fusion
 
 
@@ -55,7 +55,7 @@ def placeholder_cls(field_names, outputs, present, missing: torch.Tensor) -> tor
 
 
 @register_fusion("late")
-class LateFusion(nn.Module):
+class LateFusion(Fusion):
     """[CLS] per field, concatenated, then an MLP."""
 
     token_fields: tuple = ()
@@ -125,7 +125,7 @@ class FusionTransformer(nn.Module):
 
 
 @register_fusion("early")
-class EarlyFusion(nn.Module):
+class EarlyFusion(Fusion):
     def __init__(self, cfg: dict, field_names: list[str], token_dim: int, dim: int):
         super().__init__()
         self.field_names = list(field_names)
@@ -138,7 +138,7 @@ class EarlyFusion(nn.Module):
 
 
 @register_fusion("mixture")
-class MixtureFusion(nn.Module):
+class MixtureFusion(Fusion):
     """Fields named in `early_fields` go through the fusion Transformer (one vector); that vector
     and the other fields' [CLS] vectors are concatenated and fused late."""
 
@@ -163,7 +163,7 @@ class MixtureFusion(nn.Module):
 
 
 @register_fusion("adaptive")
-class AdaptiveFusion(nn.Module):
+class AdaptiveFusion(Fusion):
     """Attention-based adaptive feature fusion (cf. arXiv 2502.03664): field c of item j gets
     weight a_jc = softmax_c( q . tanh(W (z_jc + e_c)) ) over the fields the item has (e_c: a
     learned field-type embedding, so the score knows which field it looks at). The MLP sees the

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from encoders import fusion as _fusion, text as _text, vision as _vision  # noqa: F401  (register the built-ins)
 from encoders.base import EncoderOutput
 from encoders.registry import build_encoder, build_fusion
 
@@ -50,7 +51,7 @@ class ItemEncoder(nn.Module):
         self.fusion = build_fusion(model_cfg["fusion"], self.field_names, d, D)
 
     def forward(self, content: dict[str, dict]) -> ItemOutput:
-        token_fields = set(getattr(self.fusion, "token_fields", ()))
+        token_fields = set(self.fusion.token_fields)
         outputs: dict[str, EncoderOutput] = {}
         present: dict[str, torch.Tensor] = {}
         segments = {}
@@ -76,5 +77,5 @@ class ItemEncoder(nn.Module):
         return ItemOutput(v.view(B, S, -1), z, present, None if w is None else w.view(B, S, -1))
 
     def _weights(self, n: int) -> torch.Tensor | None:
-        w = getattr(self.fusion, "last_weights", None)
+        w = self.fusion.last_weights
         return w if w is not None and len(w) == n else None

@@ -5,26 +5,26 @@ read these tables to check a config before any model is built, and the torch mod
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
+import configs
+
+# The tables are plain data in configs/defaults/encoder_presets.yaml, which the config checks
+# (mmrec/config_checks.py) read through this module before any model is built.
+_TABLES = yaml.safe_load((Path(configs.__file__).resolve().parent / "defaults" / "encoder_presets.yaml").read_text())
+
 # Named ViT / ViViT sizes (timm-style): `arch: paper` (224 px, P=16, d=192, L=4 spatial and L=4
-# temporal) for GPU users, `arch: tiny` for CPU tests and demos; any size key set explicitly in
-# an encoder entry overrides the named one.
-VISION_ARCHS = {
-    "paper": {"img_size": 224, "patch_size": 16, "width": 192, "depth": 4, "heads": 3,
-              "temporal_depth": 4, "temporal_heads": 3, "max_frames": 64, "tubelet": 1},
-    "tiny": {"img_size": 32, "patch_size": 8, "width": 64, "depth": 2, "heads": 2,
-             "temporal_depth": 2, "temporal_heads": 2, "max_frames": 64, "tubelet": 1},
-}
+# temporal) for GPU users, `arch: tiny` for CPU tests and demos.
+VISION_ARCHS: dict[str, dict] = _TABLES["vision_archs"]
 VISION_SIZE_KEYS = tuple(VISION_ARCHS["paper"])
-VISION_STEMS = ("patch", "conv")
-VIVIT_TEMPORAL = ("transformer", "mean")
-
-# What each encoder type reads: the modality of the fields it can encode.
-ENCODER_MODALITY = {"bert": "text", "vit": "image", "vivit": "video"}
-
-# `transformers.BertConfig()`'s own defaults for the keys a from-scratch BERT (`checkpoint: null`)
-# is checked on when `bert_config` does not set them (tests/test_cli_errors.py compares them).
-BERT_CONFIG_DEFAULTS = {"hidden_size": 768, "num_attention_heads": 12, "max_position_embeddings": 512}
-BERT_POOLING = ("cls", "mean")
+VISION_STEMS = tuple(_TABLES["vision_stems"])
+VIVIT_TEMPORAL = tuple(_TABLES["vivit_temporal"])
+ENCODER_MODALITY: dict[str, str] = _TABLES["encoder_modality"]   # encoder type -> the fields' modality
+# `transformers.BertConfig()`'s own defaults for the keys a from-scratch BERT is checked on
+BERT_CONFIG_DEFAULTS: dict[str, int] = _TABLES["bert_config_defaults"]
+BERT_POOLING = tuple(_TABLES["bert_pooling"])
 
 
 def resolve_vision_arch(spec: dict) -> dict:

@@ -18,39 +18,26 @@ from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from encoders.base import EncoderOutput
+from encoders.base import EncoderOutput, ModalityEncoder
 from encoders.registry import register_encoder
-from mmrec import assets
+from encoders import pretrained
 
 
 def tokenizer_path(spec: dict) -> str:
     """The WordPiece vocabulary a text encoder's inputs must be tokenised with."""
-    return assets.resolve_checkpoint(spec.get("tokenizer") or spec.get("checkpoint") or "minilm")
+    return pretrained.resolve_checkpoint(spec.get("tokenizer") or spec.get("checkpoint") or "minilm")
 
 
 @register_encoder("bert")
-class BertTextEncoder(nn.Module):
-    DEFAULTS = {
-        "checkpoint": "minilm",   # 'minilm' (installed pretrained MiniLM-L6), a local HF path, or null (from scratch)
-        "tokenizer": None,        # vocabulary path (null: the checkpoint's, or MiniLM's for from-scratch)
-        "bert_config": {},        # BertConfig overrides for from-scratch models (e.g. num_hidden_layers)
-        "num_layers": None,       # keep only the first N pretrained layers (cheap CPU configs)
-        "pooling": "cls",         # cls | mean: the aggregate vector given to late fusion
-        "freeze": False,          # keep BERT's weights fixed (the projection still trains)
-        "freeze_layers": 0,       # freeze the word embeddings and the first N layers (no backward through them)
-        "gradient_checkpointing": False,
-        "cache_frozen": False,    # compute the frozen bottom (embeddings + freeze_layers layers, or all with
-                                  # freeze) once per run for every item and train only the layers above it
-                                  # (needs something frozen). Exact in eval mode; in training the frozen
-                                  # layers then run without their dropout (uncached they run in train mode)
-    }
+class BertTextEncoder(ModalityEncoder):
+    # DEFAULTS (set by register_encoder): configs/defaults/encoders/bert.yaml
 
     def __init__(self, spec: dict, token_dim: int):
         super().__init__()
         self.pooling = spec["pooling"]
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"encoders: bert pooling must be 'cls' or 'mean', got {self.pooling!r}")
-        ckpt = assets.resolve_checkpoint(spec["checkpoint"])
+        ckpt = pretrained.resolve_checkpoint(spec["checkpoint"])
         if ckpt is not None:
             config = BertConfig.from_pretrained(ckpt)
             if spec["num_layers"]:

@@ -18,7 +18,7 @@ from timm.layers import HybridEmbed, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 from timm.models.vision_transformer_hybrid import ConvStem
 
-from encoders.base import EncoderOutput
+from encoders.base import EncoderOutput, ModalityEncoder
 # The named sizes are plain data in a torch-free module, so the config checks can read them.
 from encoders.presets import VISION_ARCHS as ARCHS, VISION_SIZE_KEYS as SIZE_KEYS  # noqa: F401
 from encoders.presets import resolve_vision_arch as resolve_arch
@@ -113,29 +113,16 @@ def make_stem(kind: str, img_size: int, patch: int, in_chans: int, width: int) -
     return HybridEmbed(stem, img_size, patch_size=1, in_chans=in_chans, embed_dim=width)
 
 
-VISION_DEFAULTS = {
-    "arch": "paper",          # named sizes: paper | tiny (see ARCHS); explicit size keys override
-    "stem": "patch",          # patch (ViT's P x P projection) | conv (log2 P stride-2 convs, see make_stem)
-    **{k: None for k in ("img_size", "patch_size", "width", "depth", "heads")},
-    "mlp_ratio": 4.0,
-    "drop_path": 0.0,
-    "cls_token": True,        # aggregate with [CLS] (else the mean of the tokens)
-    "pixel_mean": [0.5, 0.5, 0.5],
-    "pixel_std": [0.25, 0.25, 0.25],
-    "gradient_checkpointing": False,
-}
-
-
 def _project(width: int, token_dim: int) -> nn.Module:
     return nn.Identity() if width == token_dim else nn.Linear(width, token_dim)
 
 
 @register_encoder("vit")
-class ViTImageEncoder(nn.Module):
+class ViTImageEncoder(ModalityEncoder):
     """Up to k still images per item (news-style): each image's [CLS], projected to d; the item's
     aggregate is the mean over its present images, its tokens are the per-image vectors."""
 
-    DEFAULTS = dict(VISION_DEFAULTS)
+    # DEFAULTS (set by register_encoder): configs/defaults/encoders/vit.yaml
 
     def __init__(self, spec: dict, token_dim: int):
         super().__init__()
@@ -157,7 +144,7 @@ class ViTImageEncoder(nn.Module):
 
 
 @register_encoder("vivit")
-class ViViTVideoEncoder(nn.Module):
+class ViViTVideoEncoder(ModalityEncoder):
     """ViViT model 2: per-frame ViT [CLS] -> learnable temporal positional encoding -> temporal
     Transformer -> [CLS]. `temporal: mean` instead averages the frames' [CLS] vectors (the
     image-encoder baseline, blind to frame order).
@@ -165,9 +152,7 @@ class ViViTVideoEncoder(nn.Module):
     Input `frames` is uint8 [B, F, H, W, 3] (training: one clip) or [B, S, F, H, W, 3]
     (inference: S segments); the aggregate is [B, d] or [B, S, d] accordingly."""
 
-    DEFAULTS = {**VISION_DEFAULTS, "temporal": "transformer",
-                **{k: None for k in ("temporal_depth", "temporal_heads", "max_frames", "tubelet")},
-                "frame_chunk": 0}   # encode at most this many frames per ViT call (0: all at once)
+    # DEFAULTS (set by register_encoder): configs/defaults/encoders/vivit.yaml
 
     def __init__(self, spec: dict, token_dim: int):
         super().__init__()

@@ -124,7 +124,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_extract_features(args) -> int:
-    from mmrec.features import extract_features
+    from mmrec.extract_features import extract_features
     layout = {}
     for item in args.feat or []:
         letter, _, names = item.partition("=")
@@ -132,7 +132,7 @@ def cmd_extract_features(args) -> int:
     cfg = _config(args)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under a launcher rank 0 extracts and writes (once); the others wait for its result.
-        from mmrec.training.trainer import make_accelerator
+        from mmrec.distributed import make_accelerator
         make_accelerator()
     from mmrec.distributed import run_on_main
     report = run_on_main(lambda: extract_features(cfg, args.out, text=args.text, pooling=args.pooling,

@@ -10,13 +10,33 @@ features may leave out.
 
 Each check encodes the constraint of the code that would otherwise fail (named in its comment);
 a config that trains today passes. This module imports no torch, timm, transformers or pandas:
-the encoders' named sizes come from the torch-free `encoders/presets.py`.
+the encoders' named sizes and choices are the plain data of configs/defaults/encoder_presets.yaml,
+read through `encoders.presets` (which the torch modules read too).
 """
 from __future__ import annotations
 
-from encoders.presets import (BERT_CONFIG_DEFAULTS, BERT_POOLING, ENCODER_MODALITY, VISION_ARCHS,
-                              VISION_STEMS, VIVIT_TEMPORAL, resolve_vision_arch)
-from mmrec.config import ConfigError
+import sys
+
+from encoders.presets import (BERT_CONFIG_DEFAULTS, BERT_POOLING, ENCODER_MODALITY, VISION_ARCHS,  # noqa: F401
+                              VISION_SIZE_KEYS, VISION_STEMS, VIVIT_TEMPORAL)
+from encoders.presets import resolve_vision_arch as _resolve_arch
+from mmrec.errors import ConfigError
+
+
+def resolve_vision_arch(spec: dict) -> dict:
+    """The named architecture's sizes, with every size key the spec sets explicitly on top."""
+    try:
+        return _resolve_arch(spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _registered(module: str, registry: str) -> set[str]:
+    """Names in a registry whose module is already loaded (a plug-in's heads or fusions: the
+    plug-in loaded it to register them; these checks never import it)."""
+    reg = getattr(sys.modules.get(module), registry, None)
+    return set(reg) if reg is not None else set()
+
 
 # Registered in torch modules; kept here as names (tests/test_cli_errors.py checks they agree).
 HEADS = ("mmrec", "clcrec", "sasrec", "cmclrec")            # mmrec/models/*.py
@@ -29,8 +49,9 @@ SEQUENTIAL_HEADS = ("sasrec", "cmclrec")                    # train on user sequ
 def check_config(cfg: dict, complete: bool = False) -> None:
     """Raise ConfigError at the first problem. complete=True: also what training needs."""
     head = cfg.get("head")
-    if head not in HEADS:
-        raise ConfigError(f"head={head!r} is not a model head (known: {', '.join(HEADS)})")
+    heads = list(HEADS) + sorted(_registered("mmrec.models.base", "HEADS") - set(HEADS))
+    if head not in heads:
+        raise ConfigError(f"head={head!r} is not a model head (known: {', '.join(heads)})")
     _check_general(cfg)
     if head == "mmrec":
         _check_item_tower(cfg)
@@ -134,6 +155,9 @@ def _check_sampling(cfg: dict) -> None:
     k = cfg["loss"].get("mixed_negatives")
     if _int(k) is None or _int(k) < 0:
         raise ConfigError(f"loss.mixed_negatives={k!r} must be a whole number >= 0 (uniform negatives per step)")
+    if cfg["loss"].get("in_batch_negatives") is False and not _int(k):
+        raise ConfigError("loss.in_batch_negatives=false leaves the positive alone in the user -> item "
+                          "softmax; give it uniform negatives (loss.mixed_negatives > 0)")
     dc = cfg.get("distill") or {}
     if not dc.get("id_embedding"):
         return
@@ -252,8 +276,9 @@ def _check_text_field(name: str, spec: dict, enc: str, enc_spec: dict) -> None:
 def _check_fusion(field_names: list[str], fusion: dict, d: int, D: int) -> None:
     """encoders/fusion.py: the fusion layers and their `mlp` head."""
     kind = fusion.get("type")
-    if kind not in FUSIONS:
-        raise ConfigError(f"model.fusion.type={kind!r} is not a fusion (known: {', '.join(FUSIONS)})")
+    fusions = list(FUSIONS) + sorted(_registered("encoders.registry", "FUSIONS") - set(FUSIONS))
+    if kind not in fusions:
+        raise ConfigError(f"model.fusion.type={kind!r} is not a fusion (known: {', '.join(fusions)})")
     layers = fusion.get("fc_layers")
     if layers not in (0, 1, 2) or isinstance(layers, bool):
         raise ConfigError(f"model.fusion.fc_layers={layers!r} must be 0, 1 or 2")

@@ -1,4 +1,5 @@
-"""Cross-rank gathers for in-batch contrastive losses (the open_clip `gather_with_grad` pattern).
+"""Processes: the Accelerator every launch gets, and cross-rank gathers for in-batch contrastive
+losses (the open_clip `gather_with_grad` pattern). Shared by the library and the program.
 
 `accelerator.gather` carries no gradient, so the negatives other ranks contribute would be
 constants. `torch.distributed.nn.all_gather` does carry it, but is deprecated and emulates
@@ -9,6 +10,7 @@ data-parallel averaging then gives exactly the gradient of the global-batch mean
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -124,3 +126,25 @@ def shutdown(clean: bool = True) -> None:
             dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def make_accelerator(find_unused_parameters: bool = False):
+    """The Accelerator for any launch: plain `python -m mmrec`, `accelerate launch` (DDP) on GPUs
+    or CPU processes, or DeepSpeed. Mixed precision and gradient accumulation come from the
+    launch config (or ACCELERATE_* variables), never from mmrec's config.
+    find_unused_parameters: DDP tolerates parameters without a gradient in a step (a head whose
+    training stages use different modules, e.g. cmclrec's pre-training)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or deepspeed
+    handlers = []
+    if launched and not torch.cuda.is_available():
+        # CPU processes talk over gloo; DeepSpeed under Accelerate on CPU also needs it.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if find_unused_parameters:
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+    # Without CUDA, a multi-GPU launch config still gives CPU ranks; `cpu=True` must not be set
+    # under DeepSpeed, where it would silently replace DeepSpeed by plain data parallelism.
+    cpu = not torch.cuda.is_available() and not deepspeed
+    return Accelerator(cpu=cpu, kwargs_handlers=handlers)

@@ -80,11 +80,11 @@ import torch
 from mmrec.config import load_config
 from mmrec.data.content import collate_items
 from mmrec.data.pipeline import build_content
-from mmrec.data.split import CSR, Split
+from mmrec.data.split import CSR
 from mmrec.data.csv_rows import read_keyed_csv
 from mmrec.data.tables import DataError, MultiModalDataset, read_parquet_table
 from mmrec.evaluation.evaluator import DotScorer, ragged_rows
-from mmrec.models import HEADS, head_class
+from mmrec.models import UserColdStartHead, head_class, load_run
 from preprocessing.files import stale_tmp, storage_failure
 
 
@@ -150,24 +150,6 @@ def export_folder(out: str | Path):
         raise failure from e
 
 
-def load_trained(run_dir: str | Path, overrides: list[str] | None = None):
-    """(config, split, model in eval mode with the best epoch's weights) of a finished run."""
-    from mmrec.models import mmrec_model  # noqa: F401  (registers the head)
-    from mmrec.models import clcrec  # noqa: F401  (registers 'clcrec')
-    from mmrec.training.checkpoint import best_weights
-    run_dir = Path(run_dir)
-    state = best_weights(run_dir)
-    cfg = load_config(run_dir / "config.yaml", overrides)
-    head = head_class(cfg["head"])
-    if hasattr(head, "load_run"):   # heads with their own split (sasrec, cmclrec)
-        return head.load_run(run_dir, overrides)
-    split = Split.load(run_dir / "split.npz")
-    model = HEADS[cfg["head"]](cfg, split.n_users, split.n_items, None)
-    model.load_state_dict(state)
-    model.eval()
-    return cfg, split, model
-
-
 def read_items(path: str | Path) -> pd.DataFrame:
     return _read_table(path, "item")
 
@@ -215,16 +197,16 @@ def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: s
     encoded in batch-aligned blocks per process and gathered once; the main process writes.
     Runs of the user cold-start heads go to `export_user_cold_start` (see the module docstring)."""
     head = _run_head(run_dir)
-    if hasattr(head, "load_run"):   # heads with their own user split (sasrec, cmclrec)
+    if head is not None and issubclass(head, UserColdStartHead):
         return export_user_cold_start(head, run_dir, items_path, out_dir, users, top_k, user_table)
     if items_path is None:
         raise DataError("--items: the item table to embed (from its content) is required for this run's head")
     if user_table is not None:
         raise DataError("--user-table: only the user cold-start heads (sasrec, cmclrec) embed new users")
     from mmrec.evaluation.ranking import encode_items, user_vectors
-    from mmrec.training.trainer import make_accelerator
+    from mmrec.distributed import make_accelerator
     acc = make_accelerator()
-    cfg, split, model = load_trained(run_dir)
+    cfg, split, model = load_run(run_dir)
     batch_size = int(batch_size or cfg["eval"]["item_batch_size"])   # video items are heavy: the run's size
     model.to(acc.device)
     out = Path(out_dir or Path(run_dir) / "export")
@@ -258,7 +240,7 @@ def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: s
                   "items_exported": int(len(rows)), "items_skipped_no_content": int((~keep).sum()),
                   "skipped_item_ids": [str(i) for i in items["item_id"][~keep]],
                   "blank_lines_dropped": list(items.attrs.get("empty_rows", [])),   # CSV/TSV lines
-                  "fields": {n: c.report for n, c in content.items() if getattr(c, "report", None)},
+                  "fields": {n: c.report for n, c in content.items() if c.report},
                   "embedding_shape": list(V.shape),
                   "processes": acc.num_processes}
         if top_k:
@@ -353,7 +335,7 @@ def export_user_cold_start(head, run_dir, items_path=None, out_dir=None, users: 
                            top_k: int = 0, user_table=None) -> Path:
     """Item table rows, user sequence states, top-K lists without known items (module docstring)."""
     from mmrec.models.sasrec import PART_NAMES, StateScorer
-    from mmrec.training.trainer import make_accelerator
+    from mmrec.distributed import make_accelerator
     acc = make_accelerator()
     cfg, split, model = head.load_run(run_dir)
     model.to(acc.device)
@@ -449,27 +431,10 @@ def export_user_cold_start(head, run_dir, items_path=None, out_dir=None, users: 
 
 def evaluate_run(run_dir: str | Path, parts=("val", "test"), overrides: list[str] | None = None) -> dict:
     """Re-evaluate a run's best model on its saved split (on one or many processes), with the
-    evaluation the trainer used: the head's own (`evaluate_part`, e.g. clcrec's cold / warm / all
-    metrics) where it has one."""
+    evaluation the trainer used (`Head.evaluate_run`)."""
     head = _run_head(run_dir, overrides)
-    if hasattr(head, "evaluate_run"):   # heads with their own split (sasrec, cmclrec)
-        return head.evaluate_run(run_dir, parts, overrides)
-    from mmrec.data.pipeline import prepare
-    from mmrec.evaluation.ranking import evaluate_model_part
-    from mmrec.training.trainer import make_accelerator
-    acc = make_accelerator()
-    cfg, split, model = load_trained(run_dir, overrides)
-    model.to(acc.device)
-    out = {}
-    if hasattr(head, "evaluate_part") and hasattr(head, "prepare_data"):
-        prepared = head.prepare_data(cfg, run_dir, True, acc)   # resume=True: reads split.npz, writes nothing
-        for part in parts:
-            out[part] = model.evaluate_part(prepared, part, cfg["eval"], acc.device)
-    else:
-        prepared = prepare(cfg, split, acc)
-        for part in parts:
-            res = evaluate_model_part(model, prepared, part, cfg["eval"], acc.device, acc.autocast)
-            out[part] = {**res.means(), "users": int(len(res.users))}
-    if acc.is_main_process:
-        (Path(run_dir) / "evaluation.json").write_text(json.dumps(out, indent=1))
-    return out
+    if head is None:   # not a finished run: the error of its first missing file
+        from mmrec.runs import best_weights
+        best_weights(run_dir)
+        load_config(Path(run_dir) / "config.yaml")
+    return head.evaluate_run(run_dir, parts, overrides)

@@ -87,13 +87,21 @@ class RatingRankingLoss(nn.Module):
     drawn uniformly from the training items that join the user -> item denominator only. A
     negative equal to the row's positive is always dropped; with false-negative filtering, so
     are negatives the user is known to like.
+
+    Two switches give CLCRec's form of the loss: `in_batch_negatives=False` leaves the batch's
+    other items out of the user -> item denominator (the positive against the uniform draws
+    alone, which carry no popularity bias, so no logQ shift there), and `item_to_user=False`
+    drops the item -> users softmax.
     """
 
     def __init__(self, temperature: float = 1.0, mask_duplicates: bool = True,
                  false_negative_filter: bool = False, positives: PositiveLookup | None = None,
-                 frequencies: SamplingFrequencies | None = None):
+                 frequencies: SamplingFrequencies | None = None, in_batch_negatives: bool = True,
+                 item_to_user: bool = True):
         super().__init__()
         self.temperature = float(temperature)
+        self.in_batch_negatives = bool(in_batch_negatives)
+        self.item_to_user = bool(item_to_user)
         self.mask_duplicates = bool(mask_duplicates)
         self.false_negative_filter = bool(false_negative_filter)
         if self.false_negative_filter and positives is None:
@@ -153,14 +161,21 @@ class RatingRankingLoss(nn.Module):
                 self.negative_mask(user_idx, item_idx, n_all), float("-inf"))
         if self.frequencies is not None:
             N = len(u_all)
-            row_logits = row_logits - self.frequencies.log_items(i_all, N, M).to(row_logits.dtype)[None, :]
+            if self.in_batch_negatives:
+                row_logits = row_logits - self.frequencies.log_items(i_all, N, M).to(row_logits.dtype)[None, :]
+                if M:
+                    neg_logits = neg_logits - self.frequencies.log_items(n_all, N, M).to(neg_logits.dtype)[None, :]
             col_logits = col_logits - self.frequencies.log_users(u_all, N).to(col_logits.dtype)[None, :]
-            if M:
-                neg_logits = neg_logits - self.frequencies.log_items(n_all, N, M).to(neg_logits.dtype)[None, :]
+        if not self.in_batch_negatives:   # the positive alone, then the uniform draws
+            row_logits = row_logits.gather(1, labels[:, None])
+            labels_row = torch.zeros_like(labels)
+        else:
+            labels_row = labels
         if M:
             row_logits = torch.cat([row_logits, neg_logits], dim=1)
-        loss = F.cross_entropy(row_logits, labels, reduction="none") + \
-            F.cross_entropy(col_logits, labels, reduction="none")
+        loss = F.cross_entropy(row_logits, labels_row, reduction="none")
+        if self.item_to_user:
+            loss = loss + F.cross_entropy(col_logits, labels, reduction="none")
         return loss.mean()
 
 

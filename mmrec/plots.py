@@ -61,8 +61,8 @@ def item_vectors(run_dir: Path):
     """(cfg, prepared, item vectors [N, D] in split order; segments averaged)."""
     from mmrec.data.pipeline import prepare
     from mmrec.evaluation.ranking import encode_items
-    from mmrec.export import load_trained
-    cfg, split, model = load_trained(run_dir)
+    from mmrec.models import load_run
+    cfg, split, model = load_run(run_dir)
     prepared = prepare(cfg, split)
     with torch.no_grad():
         V = encode_items(model, prepared, np.arange(split.n_items), int(cfg["eval"]["item_batch_size"]))

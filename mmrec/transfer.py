@@ -21,37 +21,14 @@ from pathlib import Path
 import torch
 
 from mmrec.config import ConfigError
+from mmrec.runs import ITEM_ENCODER_PREFIX as PREFIX, saved_config, source_item_state
 
-PREFIX = "item_encoder."
-
-
-def source_item_state(run_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The `item_encoder.*` tensors of a finished run's best model, keys without the prefix."""
-    from mmrec.training.checkpoint import best_weights
-    run_dir = Path(run_dir)
-    weights = run_dir / "model" / "model.safetensors"
-    if not weights.exists():
-        raise ConfigError(f"transfer.from_run: {run_dir} has no trained model ({weights} is missing); "
-                          f"train it to the end first")
-    state = best_weights(run_dir)   # a truncated file: one error naming it
-    item = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
-    if not item:
-        head = _source_config(run_dir).get("head", "?")
-        raise ConfigError(f"transfer.from_run: {weights} has no '{PREFIX}*' weights (head '{head}'); "
-                          f"only runs of the end-to-end 'mmrec' head have a content item tower")
-    return item
-
-
-def _source_config(run_dir: Path) -> dict:
-    import yaml
-    p = run_dir / "config.yaml"
-    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
 
 
 def load_item_encoder(model: torch.nn.Module, run_dir: str | Path) -> int:
     """Copy A's item tower into `model.item_encoder`; every tensor must exist on both sides with
     the same shape, else a ConfigError lists the differences. Returns the number of tensors."""
-    encoder = getattr(model, "item_encoder", None)
+    encoder = model.item_tower()
     if encoder is None:
         raise ConfigError(f"transfer.from_run: this run's head ({type(model).__name__}) has no item_encoder "
                           f"to load into; transfer needs head: mmrec")
@@ -89,10 +66,10 @@ def apply_transfer(model: torch.nn.Module, cfg: dict, load: bool = True) -> dict
     src = Path(src)
     loaded = load_item_encoder(model, src) if load else None
     if freeze:
-        model.item_encoder.requires_grad_(False)
-    n_enc = sum(p.numel() for p in model.item_encoder.parameters())
-    n_train = sum(p.numel() for p in model.item_encoder.parameters() if p.requires_grad)
-    a_cfg = _source_config(src)
+        model.item_tower().requires_grad_(False)
+    n_enc = sum(p.numel() for p in model.item_tower().parameters())
+    n_train = sum(p.numel() for p in model.item_tower().parameters() if p.requires_grad)
+    a_cfg = saved_config(src)
     info = src / "model" / "info.json"
     return {"from_run": str(src), "mode": "frozen" if freeze else "finetune",
             "source_data": (a_cfg.get("data") or {}).get("source"), "source_seed": a_cfg.get("seed"),
@@ -104,8 +81,9 @@ def apply_transfer(model: torch.nn.Module, cfg: dict, load: bool = True) -> dict
 
 def frozen_eval(model: torch.nn.Module, cfg: dict) -> None:
     """A frozen tower gives fixed features: dropout off even while the users train."""
-    if (cfg.get("transfer") or {}).get("freeze_item_encoder") and hasattr(model, "item_encoder"):
-        model.item_encoder.eval()
+    tower = model.item_tower()
+    if (cfg.get("transfer") or {}).get("freeze_item_encoder") and tower is not None:
+        tower.eval()
 
 
 def transfer_overrides(from_run: str, mode: str, encoder_lr_scale: float | None) -> list[str]:

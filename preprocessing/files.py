@@ -9,8 +9,11 @@ failure (a full disk, a quota, a read-only folder) becomes a `StorageError` nami
 from __future__ import annotations
 
 import errno as _errno
+import json
 import os
 import shutil
+import struct
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -252,3 +255,41 @@ def _remove_stale_dirs(path: Path) -> None:
         m = pattern.fullmatch(p.name)
         if m and (int(m.group(1)) == os.getpid() or not pid_alive(int(m.group(1)))):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def check_file(path: Path) -> str | None:
+    """What is wrong with a saved file, or None if it looks whole: a safetensors file shorter than
+    its header says, a zip (torch.save) without its central directory or with members past its
+    end, an empty file, unparsable JSON. Cheap: headers and sizes only, no tensor data read."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if path.suffix == ".safetensors":
+                if len(head) < 8:
+                    return f"{size} bytes, shorter than a safetensors header"
+                n = struct.unpack("<Q", head)[0]
+                if 8 + n > size:
+                    return f"{size} bytes, its header alone needs {8 + n}"
+                header = json.loads(f.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                          default=0)
+                if 8 + n + end > size:
+                    return f"{size} bytes, its header describes {8 + n + end}"
+            elif head.startswith(b"PK\x03\x04"):
+                with zipfile.ZipFile(path) as z:
+                    for info in z.infolist():
+                        if info.header_offset + info.compress_size > size:
+                            return f"{size} bytes, member {info.filename} runs past the end"
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+    except zipfile.BadZipFile as e:
+        return f"{size} bytes, not a complete zip archive: {e}"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:   # bad JSON in a header or file
+        return f"unreadable header or JSON: {type(e).__name__}: {e}"
+    except OSError as e:
+        return f"cannot be read: {e}"
+    return None

@@ -17,7 +17,17 @@ import json
 from pathlib import Path
 
 from mmrec.config import resolve_config_path
-from mmrec.sweep import DEFAULT_METRICS, collect, grid_cells, load_grid, markdown_table, run_cell
+from mmrec.sweep import (
+    DEFAULT_METRICS,
+    baseline_rows,
+    collect,
+    grid_cells,
+    load_grid,
+    markdown_table,
+    run_cell,
+    summarise,
+)
+from preprocessing.files import write_text_atomic
 
 
 def grid_path(name: str) -> str:
@@ -73,17 +83,16 @@ def main(argv=None) -> str:
     metrics = tuple(args.metrics.split(","))
     parts = []
     for table, rows in tables.items():
-        cells = [(folder, folders[folder]) for _, folder in rows]
-        found = collect(out / "runs", cells, args.seeds, args.part)
-        named = {k: v for k, v in found.items() if k.startswith("baseline: ")}
-        for name, folder in rows:
-            if folder in found:
-                named[name] = found[folder]
-        parts.append(f"### {table}\n\n{markdown_table(named, metrics)}\n")
+        # the baselines of the table's first row's runs: every run of a seed has the same split
+        found = collect(out / "runs", dict(rows), args.seeds, args.part, baselines_from=rows[0][0],
+                        baseline_prefix="baseline: ")
+        order = baseline_rows(found) + [name for name, _ in rows if name in found]
+        summary = summarise(found, order, args.seeds, metrics)
+        parts.append(f"### {table}\n\n{markdown_table(summary, args.seeds, metrics)}\n")
     note = (f"{args.part} metrics in %, mean ± std over seeds {args.seeds} (seed = model seed = split "
             f"seed); config {args.config}, overrides {args.overrides}")
     text = "\n".join(parts) + f"\n{note}\n"
-    (out / "tables.md").write_text(text)
+    write_text_atomic(out / "tables.md", text)
     print(text)
     return text
 

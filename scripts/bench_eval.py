@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mmrec.data.split import CSR
-from mmrec.evaluation.evaluator import DotScorer, RankingEvaluator, ragged_rows
+from mmrec.evaluation.evaluator import DotScorer, RankingEvaluator
 
 KS = (1, 5, 10, 20)
 

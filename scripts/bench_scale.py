@@ -62,7 +62,7 @@ def main():
     p.add_argument("--cores", type=int, default=os.cpu_count())
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
-    overrides = [f"train.epochs=1", f"train.max_steps_per_epoch={a.steps}",
+    overrides = ["train.epochs=1", f"train.max_steps_per_epoch={a.steps}",
                  f"train.batch_size={a.batch_size}", "eval.baselines=[]", "train.progress=false",
                  "train.log_every_steps=1000", *a.overrides]
     print(f"config {a.config}, {a.steps} steps, batch {a.batch_size} per process, {a.cores} cores; "

@@ -73,7 +73,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         # a fresh data cache unless one is given, so the cache build below is a real build
         has_cache_dir = any(o.startswith("data.cache_dir=") for o in a.overrides)
-        base = [f"train.epochs=1", f"train.max_steps_per_epoch={a.steps}", "eval.baselines=[]",
+        base = ["train.epochs=1", f"train.max_steps_per_epoch={a.steps}", "eval.baselines=[]",
                 "train.progress=false", "train.log_every_steps=1000", "train.checkpoint_every_steps=0",
                 *([] if has_cache_dir else [f"data.cache_dir={tmp}/cache"]), *a.overrides]
         rows = []

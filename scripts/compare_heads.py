@@ -7,7 +7,7 @@ script stops if two runs of a seed saved different splits). Rows:
   random, kNN        the baselines in the default run's metrics.json (same split): random scores,
                      and cosine kNN of frozen mean-pooled MiniLM text to the user's training items
   clcrec             `configs/clcrec_ml100k.yaml` for 30 epochs, the best epoch by validation, with
-                     the ablations' best lambda and eta (README "Comparison heads: CLCRec")
+                     the ablations' best lambda and eta (docs/results/clcrec.md)
   paper              `configs/ml100k_paper.yaml`: Eq. 1 alone, MiniLM's top 2 layers fine-tuned for
                      2 epochs at one learning rate (the default until issue 16)
   tower              the default's text tower and budget (frozen layers cached, separate learning
@@ -19,26 +19,24 @@ script stops if two runs of a seed saved different splits). Rows:
 Each run is a process of its own in OUT/<cell>/seed-<s>/; a finished run is skipped and an
 interrupted one resumes from its checkpoint, so re-running continues. The table (cold test, mean
 ± std over seeds, then every seed's value) is written to docs/results/ml100k_cold_items.md and
-.csv (`--results`), and to stdout.
+.csv (`--results`; the CSV has one line per row and metric: mean, std, n, each seed), and to stdout.
+Collecting, the table and the files are mmrec.sweep's (collect, summarise, markdown_table,
+csv_table, write_results), shared with the other drivers.
 
     python scripts/compare_heads.py --out runs/compare-ml100k --seeds 0 1 2 3 4
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
+import shlex
 import sys
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mmrec.sweep import run_cell, same_split  # noqa: E402
-from preprocessing.files import write_text_atomic  # noqa: E402
+from mmrec import sweep as runner
+from mmrec.sweep import run_cell, same_split
 
 DEFAULT_CFG = "configs/ml100k.yaml"
 PAPER_CFG = "configs/ml100k_paper.yaml"
@@ -62,45 +60,17 @@ METRICS = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10"}
 
 
 def collect(out: Path, seeds: list[int], cells: list[str]) -> dict[str, dict[int, dict]]:
-    """row -> seed -> cold-test metrics, for the finished runs."""
-    found: dict[str, dict[int, dict]] = {}
-    for s in seeds:
-        for name in cells:
-            f = out / name / f"seed-{s}" / "metrics.json"
-            if not f.exists():
-                continue
-            m = json.loads(f.read_text())
-            found.setdefault(name, {})[s] = m["test"]
-            if name == "default":
-                for b, parts in (m.get("baselines") or {}).items():
-                    found.setdefault(b, {})[s] = parts["test"]
-    return found
+    """row -> seed -> cold-test metrics, for the finished runs; the baselines are the default run's."""
+    return runner.collect(out, cells, seeds, "test", baselines_from="default" if "default" in cells else None)
 
 
 def rows(found: dict, seeds: list[int], labels: dict[str, str]) -> list[dict]:
-    out = []
-    for key, label in labels.items():
-        per_seed = found.get(key, {})
-        row = {"row": key, "label": label, "seeds": len(per_seed)}
-        for m in METRICS:
-            v = np.array([per_seed[s][m] for s in seeds if s in per_seed], dtype=float) * 100
-            row[f"{m}_mean"] = float(v.mean()) if len(v) else None
-            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else (0.0 if len(v) else None)
-            for s in seeds:
-                row[f"{m}_seed{s}"] = per_seed[s][m] * 100 if s in per_seed else None
-        out.append(row)
-    return out
+    """One record per row (mmrec.sweep.summarise): mean, std, n and every seed's value, in %."""
+    return runner.summarise(found, labels, seeds, METRICS)
 
 
-def markdown(table: list[dict], seeds: list[int], command: str) -> str:
-    def cell(r, m):
-        return "-" if r[f"{m}_mean"] is None else f"{r[f'{m}_mean']:.2f} ± {r[f'{m}_std']:.2f}"
-    lines = ["| Item representation | " + " | ".join(METRICS.values()) + " | seeds | "
-             + " | ".join(f"NDCG@10 s{s}" for s in seeds) + " |",
-             "|---|" + "---|" * (len(METRICS) + 1 + len(seeds))]
-    for r in table:
-        per = " | ".join("-" if r[f"ndcg@10_seed{s}"] is None else f"{r[f'ndcg@10_seed{s}']:.2f}" for s in seeds)
-        lines.append(f"| {r['label']} | " + " | ".join(cell(r, m) for m in METRICS) + f" | {r['seeds']} | {per} |")
+def markdown(table: list[dict], seeds: list[int], command: str | None = None) -> str:
+    lines = runner.markdown_table(table, seeds, METRICS, "Item representation", per_seed=["ndcg@10"])
     by = {r["row"]: r for r in table}
     notes = []
     d, c, k = (by.get(x, {}).get("ndcg@10_mean") for x in ("default", "clcrec", "knn_frozen_text"))
@@ -117,9 +87,9 @@ def markdown(table: list[dict], seeds: list[int], command: str) -> str:
         p = by.get(piece, {}).get("ndcg@10_mean")
         if p is not None and t is not None:
             notes.append(f"{piece}: {p - t:+.2f} NDCG@10 points over tower")
-    return ("\n".join(lines) + "\n\nCold-item test metrics in %, mean ± std over seeds " + str(seeds)
+    return (lines + "\n\nCold-item test metrics in %, mean ± std over seeds " + str(seeds)
             + " (seed = model seed = split seed); REAL MovieLens-100k ratings and text.\n\n"
-            + "".join(f"- {n}\n" for n in notes) + f"\nRegenerate: `{command}`\n")
+            + "".join(f"- {n}\n" for n in notes) + (f"\nRegenerate: `{command}`\n" if command else ""))
 
 
 def main(argv=None) -> str:
@@ -129,12 +99,14 @@ def main(argv=None) -> str:
     ap.add_argument("--cells", default=",".join(c[0] for c in CELLS), help="comma-separated subset of the rows")
     ap.add_argument("--results", default="docs/results/ml100k_cold_items",
                     help="the table's path without extension (.md and .csv are written)")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train nothing: the table from the runs that finished (a row's `seeds` says how many)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. a smaller budget)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     chosen = [c for c in CELLS if c[0] in args.cells.split(",")]
     out.mkdir(parents=True, exist_ok=True)
-    for s in args.seeds:
+    for s in ([] if args.collect_only else args.seeds):
         dirs = []
         for name, _, config, overrides in chosen:
             run_dir = out / name / f"seed-{s}"
@@ -142,19 +114,18 @@ def main(argv=None) -> str:
             print(f"{name} seed {s}: {'done' if ran else 'already finished'} ({run_dir})", flush=True)
             dirs.append(run_dir)
         same_split(dirs)
+    if args.collect_only:   # the rows of a seed must still share its split
+        for s in args.seeds:
+            done = [out / c[0] / f"seed-{s}" for c in chosen if (out / c[0] / f"seed-{s}" / "metrics.json").exists()]
+            if len(done) > 1:
+                same_split(done)
     labels = {**dict(BASELINES), **{c[0]: c[1] for c in chosen}}
     table = rows(collect(out, args.seeds, [c[0] for c in chosen]), args.seeds, labels)
-    command = "python scripts/compare_heads.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(table, args.seeds, command.strip())
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(results.with_suffix(".md"), "# MovieLens-100k cold items\n\n" + text)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(table[0]))
-    writer.writeheader()
-    writer.writerows(table)
-    write_text_atomic(results.with_suffix(".csv"), buf.getvalue())
-    print(text)
+    command = shlex.join(["python", "scripts/compare_heads.py", *(argv if argv is not None else sys.argv[1:])])
+    text = markdown(table, args.seeds)
+    md, _ = runner.write_results(args.results, "# MovieLens-100k cold items\n\n" + text,
+                                 runner.csv_table(table, args.seeds, METRICS), command, "scripts/compare_heads.py")
+    print(md.read_text())
     return text
 
 

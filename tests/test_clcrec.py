@@ -146,7 +146,7 @@ def test_extract_train_evaluate_export(genre_dir, cache_dir, tmp_path):
     trainer: cold items ranked from content clearly beat random; export embeds brand-new items."""
     from mmrec.config import load_config
     from mmrec.export import export
-    from mmrec.features import extract_features
+    from mmrec.extract_features import extract_features
     from mmrec.training.trainer import train
     base = tiny_overrides(genre_dir, cache_dir)
     feats = tmp_path / "feats"
@@ -166,9 +166,9 @@ def test_extract_train_evaluate_export(genre_dir, cache_dir, tmp_path):
     V = np.load(out / "item_embeddings.npy")
     rep = json.loads((out / "export_report.json").read_text())
     assert V.shape == (2, 16) and rep["skipped_item_ids"] == ["nope"]
-    from mmrec.export import load_trained
+    from mmrec.models import load_run
     from mmrec.features import read_feature_file
-    _, _, model = load_trained(run_dir)
+    _, _, model = load_run(run_dir)
     ids, x, _ = read_feature_file(feats, "genres")
     xs = torch.from_numpy(x[[list(ids).index("m3"), list(ids).index("m5")]])
     with torch.no_grad():

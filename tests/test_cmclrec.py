@@ -11,9 +11,10 @@ import torch
 
 from mmrec.data.sequences import (TEST_COLD, TEST_WARM, TRAIN, VAL_COLD, VAL_WARM, UserSplit,
                                   encode_user_features, prepare_sequences)
-from mmrec.data.tables import DataError, MultiModalDataset
+from mmrec.data.tables import DataError
 from mmrec.models.cmclrec import (SelfAttention, disjoint_masks, gaussian_kernel, info_nce, mmd,
                                   reconstruction)
+from tests.sequence_fixture import synthetic_world
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,24 +154,7 @@ def test_bad_user_features_are_named():
 
 # --------------------------------------------------------------------------------------------
 # SYNTHETIC end-to-end: a user's occupation (its group) decides which items it watches
-
-def synthetic_world(path, n_users=240, n_groups=4, per_group=40, length=30, seed=0):
-    """SYNTHETIC: group g watches only items of block g, walking the block in a cycle from a
-    random start; a cold user's features (occupation = group) therefore determine its items."""
-    rng = np.random.default_rng(seed)
-    items = pd.DataFrame({"item_id": [str(i) for i in range(n_groups * per_group)]})
-    rows, users = [], []
-    for u in range(n_users):
-        g = u % n_groups
-        start = int(rng.integers(per_group))
-        for t in range(length):
-            rows.append((str(u), str(g * per_group + (start + t) % per_group), 4.0, 1000 + t))
-        users.append((str(u), f"job{g}", str(int(rng.integers(10, 70)))))
-    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
-    users = pd.DataFrame(users, columns=["user_id", "occupation", "age"])
-    MultiModalDataset("synthetic-groups", items, inter, users).save(path)
-    return path
-
+# (tests/sequence_fixture.py)
 
 @pytest.fixture(scope="module")
 def synthetic_runs(tmp_path_factory):

@@ -97,8 +97,8 @@ def _test_item_vectors(run_dir):
     from mmrec.data.pipeline import prepare
     from mmrec.data.split import Split
     from mmrec.evaluation.ranking import encode_items
-    from mmrec.export import load_trained
-    cfg, split, model = load_trained(run_dir)
+    from mmrec.models import load_run
+    cfg, split, model = load_run(run_dir)
     prepared = prepare(cfg, Split.load(Path(run_dir) / "split.npz"))
     with torch.no_grad():
         return encode_items(model, prepared, split.items_of("test"), 64)
@@ -172,7 +172,6 @@ def test_distributed_evaluation_and_export_equal_single_process(trained_run, tmp
     two = json.loads((run_dir / "evaluation.json").read_text())
     assert one == two                                              # exactly, every metric
     items = tmp_path / "items.parquet"
-    import pandas as pd
     from mmrec.data.readers import read_ml100k
     read_ml100k({}).items.iloc[:150].to_parquet(items, index=False)
     mmrec("export", str(run_dir), "--items", str(items), "--out", str(tmp_path / "e1"))

@@ -1,4 +1,4 @@
-"""Faults survived (README "Bad input"): SIGKILL during `export` and `sweep`, a full disk while
+"""Faults survived (docs/data.md, "Bad input"): SIGKILL during `export` and `sweep`, a full disk while
 writing a checkpoint, the best model, an export or a frame-store item, two processes building the
 same cache entry at once, and truncated checkpoints or models.
 
@@ -292,7 +292,7 @@ def test_full_disk_writing_the_best_model_keeps_the_previous_one(tmp_path, monke
     import safetensors
     import safetensors.torch
     import torch
-    from mmrec.training.checkpoint import best_weights
+    from mmrec.runs import best_weights
     from mmrec.training.trainer import Trainer
     trainer = SimpleNamespace(accelerator=FakeAccelerator({"w": torch.ones(3)}), run_dir=tmp_path, model=None,
                               state={"best_epoch": 1, "step": 8, "val": {"ndcg@10": 0.5}})
@@ -338,7 +338,7 @@ def test_full_disk_during_export_keeps_the_previous_export(trained_run, tmp_path
 
 
 def _trailer(path: Path, seed: int) -> str:
-    from preprocessing.render import render_trailer
+    from mmrec.synthetic.render import render_trailer
     render_trailer({"colour": "red", "shape": "square", "texture": "solid", "direction": "right",
                     "speed": "fast"}, path, seed=seed, size=20, scenes=2, informative=1,
                    frames_per_scene=4, fps=4)
@@ -408,7 +408,7 @@ def build_caches(root, barrier=None) -> dict:
     import pandas as pd
     import torch
     from mmrec import assets
-    from mmrec.data.world import generate_world, load_oracle
+    from mmrec.synthetic.world import generate_world, load_oracle
     from mmrec.features import frozen_text_features
     from preprocessing.frame_store import FrameStore, build_frame_store
     from preprocessing.text import cached_tokenize
@@ -553,5 +553,5 @@ def test_evaluate_with_a_truncated_model_is_a_one_line_error(trained_run, tmp_pa
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"mmrec: error: {weights} is corrupt or truncated (")
     with pytest.raises(CorruptFileError):
-        from mmrec.training.checkpoint import best_weights
+        from mmrec.runs import best_weights
         best_weights(run_dir)

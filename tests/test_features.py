@@ -25,7 +25,8 @@ def _cfg(genre_dir, cache_dir, extra=()):
 
 def test_multihot_extract_and_file_source(genre_dir, cache_dir, tmp_path):
     from mmrec.data.tables import MultiModalDataset
-    from mmrec.features import build_feature_content, extract_features
+    from mmrec.extract_features import extract_features
+    from mmrec.features import build_feature_content
     cfg = _cfg(genre_dir, cache_dir)
     out = tmp_path / "feats"
     report = extract_features(cfg, out, multihot=["genres"])
@@ -97,7 +98,7 @@ def test_timm_features_from_local_weights(tmp_path, cache_dir):
     from PIL import Image
     from safetensors.torch import save_file
     from mmrec.data.tables import DataError, MultiModalDataset
-    from mmrec.features import extract_features
+    from mmrec.extract_features import extract_features
     rng = np.random.default_rng(0)
     paths = []
     for k in range(3):
@@ -112,7 +113,7 @@ def test_timm_features_from_local_weights(tmp_path, cache_dir):
     model = timm.create_model("test_vit", pretrained=False, num_classes=0).eval()
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
     from mmrec.config import load_config
-    cfg = load_config(None, [f"data.source=processed", f"data.path={tmp_path / 'ds'}",
+    cfg = load_config(None, ["data.source=processed", f"data.path={tmp_path / 'ds'}",
                              f"data.cache_dir={cache_dir}", "fields.still.modality=image",
                              "fields.still.size=32"])
     out = tmp_path / "f"
@@ -238,8 +239,8 @@ def test_run_encoder_features(genre_dir, cache_dir, tmp_path):
     from mmrec.data.content import collate_items
     from mmrec.data.pipeline import build_content
     from mmrec.data.tables import DataError, MultiModalDataset
-    from mmrec.export import load_trained
-    from mmrec.features import extract_features
+    from mmrec.models import load_run
+    from mmrec.extract_features import extract_features
     from mmrec.training.trainer import train
     cfg = _cfg(genre_dir, cache_dir, ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16",
                                       "eval.baselines=[]", f"run_dir={tmp_path / 'run'}"])
@@ -247,7 +248,7 @@ def test_run_encoder_features(genre_dir, cache_dir, tmp_path):
     out = tmp_path / "f"
     extract_features(cfg, out, run=str(run_dir))
     x = np.load(out / "run_text.npy")
-    rcfg, _, model = load_trained(run_dir)
+    rcfg, _, model = load_run(run_dir)
     ds = MultiModalDataset.load(genre_dir)
     content = build_content(rcfg, ds)
     with torch.no_grad():

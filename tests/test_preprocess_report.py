@@ -56,7 +56,7 @@ def write_audio_only(path: Path) -> None:
 
 
 def write_trailer(kind: str, path: Path, seed: int) -> None:
-    from preprocessing.render import write_mp4
+    from mmrec.synthetic.render import write_mp4
     if kind == "good":
         write_mp4(frames(16, seed), path, fps=8)
     elif kind == "empty":

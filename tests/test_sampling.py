@@ -29,7 +29,7 @@ def expected_user(u, N):
     return N * (TRAIN[:, 0] == u).sum() / len(TRAIN)
 
 
-def reference(U, V, Vn, users, items, negs, temperature, dup, filt, logq):
+def reference(U, V, Vn, users, items, negs, temperature, dup, filt, logq, in_batch=True, i2u=True):
     """Per-example Eq. 1 with the optional corrections, written as plainly as possible."""
     B, M = len(users), len(negs)
     total = 0.0
@@ -49,21 +49,31 @@ def reference(U, V, Vn, users, items, negs, temperature, dup, filt, logq):
             known = (users[p], items[q]) in KNOWN if row else (users[q], items[p]) in KNOWN
             return (dup and same) or (filt and known)
 
-        row = [score(U[p], V[q], item=items[q]) for q in range(B) if not dropped(q, True)]
-        row += [score(U[p], Vn[m], item=negs[m]) for m in range(M)
-                if negs[m] != items[p] and not (filt and (users[p], negs[m]) in KNOWN)]
-        col = [score(U[q], V[p], user=users[q]) for q in range(B) if not dropped(q, False)]
-        pos_row, pos_col = score(U[p], V[p], item=items[p]), score(U[p], V[p], user=users[p])
-        total = total - (pos_row - torch.logsumexp(torch.stack(row), 0)) \
-            - (pos_col - torch.logsumexp(torch.stack(col), 0))
+        if in_batch:
+            row = [score(U[p], V[q], item=items[q]) for q in range(B) if not dropped(q, True)]
+            row += [score(U[p], Vn[m], item=negs[m]) for m in range(M)
+                    if negs[m] != items[p] and not (filt and (users[p], negs[m]) in KNOWN)]
+            pos_row = score(U[p], V[p], item=items[p])
+        else:   # the positive against the uniform draws alone: no sampling bias, no shift
+            row = [score(U[p], V[p])] + [score(U[p], Vn[m]) for m in range(M)
+                                         if negs[m] != items[p] and not (filt and (users[p], negs[m]) in KNOWN)]
+            pos_row = score(U[p], V[p])
+        total = total - (pos_row - torch.logsumexp(torch.stack(row), 0))
+        if i2u:
+            col = [score(U[q], V[p], user=users[q]) for q in range(B) if not dropped(q, False)]
+            pos_col = score(U[p], V[p], user=users[p])
+            total = total - (pos_col - torch.logsumexp(torch.stack(col), 0))
     return total / B
 
 
-@pytest.mark.parametrize("dup,filt,logq,n_neg,temperature", [
-    (False, False, True, 0, 1.0), (True, False, True, 0, 0.5), (True, True, True, 0, 1.0),
-    (True, False, False, 5, 1.0), (False, True, False, 5, 2.0), (True, True, True, 5, 0.5),
-    (True, False, True, 5, 1.0)])
-def test_rating_loss_with_logq_and_mixed_negatives_matches_reference(dup, filt, logq, n_neg, temperature):
+@pytest.mark.parametrize("dup,filt,logq,n_neg,temperature,in_batch,i2u", [
+    (False, False, True, 0, 1.0, True, True), (True, False, True, 0, 0.5, True, True),
+    (True, True, True, 0, 1.0, True, True), (True, False, False, 5, 1.0, True, True),
+    (False, True, False, 5, 2.0, True, True), (True, True, True, 5, 0.5, True, True),
+    (True, False, True, 5, 1.0, True, True), (True, False, True, 0, 1.0, True, False),
+    (True, True, True, 5, 1.0, False, True), (False, False, True, 5, 0.5, False, False)])
+def test_rating_loss_with_logq_and_mixed_negatives_matches_reference(dup, filt, logq, n_neg, temperature,
+                                                                     in_batch, i2u):
     torch.manual_seed(0)
     users = [0, 1, 2, 1, 3, 4]          # user 1 twice
     items = [10, 11, 12, 13, 10, 14]    # item 10 twice
@@ -73,10 +83,11 @@ def test_rating_loss_with_logq_and_mixed_negatives_matches_reference(dup, filt, 
     Vn = torch.randn(max(n_neg, 1), 5, dtype=torch.float64, requires_grad=True)[:n_neg]
     freq = SamplingFrequencies(TRAIN, n_users=8, n_items=20, negative_pool=POOL) if logq else None
     loss_fn = RatingRankingLoss(temperature, mask_duplicates=dup, false_negative_filter=filt,
-                                positives=PositiveLookup(TRAIN, 20), frequencies=freq)
+                                positives=PositiveLookup(TRAIN, 20), frequencies=freq,
+                                in_batch_negatives=in_batch, item_to_user=i2u)
     got = loss_fn(U, V, torch.tensor(users), torch.tensor(items),
                   Vn if n_neg else None, torch.tensor(negs) if n_neg else None)
-    want = reference(U, V, Vn, users, items, negs, temperature, dup, filt, logq)
+    want = reference(U, V, Vn, users, items, negs, temperature, dup, filt, logq, in_batch, i2u)
     assert got.item() == pytest.approx(want.item(), rel=1e-10)
     inputs = (U, V, Vn) if n_neg else (U, V)
     for g, w in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
@@ -252,10 +263,10 @@ def test_evaluation_and_export_never_read_the_id_embedding(sampling_run, tmp_pat
     b = np.load(export(poisoned, items, tmp_path / "b") / "item_embeddings.npy")
     assert np.isfinite(b).all() and np.array_equal(a, b)
     # ... while training does read it: the loss of a poisoned model is NaN
-    from mmrec.export import load_trained
+    from mmrec.models import load_run
     from mmrec.data.pipeline import prepare
     from mmrec.data.split import Split
-    cfg, split, model = load_trained(poisoned)
+    cfg, split, model = load_run(poisoned)
     model.train()
     prepared = prepare(cfg, Split.load(poisoned / "split.npz"))
     from mmrec.data.batches import PairDataset
@@ -264,3 +275,11 @@ def test_evaluation_and_export_never_read_the_id_embedding(sampling_run, tmp_pat
     batch = collate([ds[(i, i)] for i in range(32)])
     model.distill_rho = 0.0
     assert torch.isnan(model(batch)["loss"])
+
+
+def test_in_batch_negatives_off_needs_uniform_negatives():
+    from mmrec.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=r"loss.in_batch_negatives=false .*loss.mixed_negatives > 0"):
+        load_config("configs/tiny.yaml", ["loss.in_batch_negatives=false"])
+    cfg = load_config("configs/tiny.yaml", ["loss.in_batch_negatives=false", "loss.mixed_negatives=8"])
+    assert cfg["loss"]["in_batch_negatives"] is False

@@ -29,7 +29,7 @@ def test_ml100k_split_has_no_cold_leakage(tiny_prepared):
 
 
 def test_ml100k_reference_split_sizes(tiny_prepared):
-    # DESIGN/issue reference for seed 0: 845 users evaluated on 126 cold-test items.
+    # the issue-16 reference for seed 0: 845 users evaluated on 126 cold-test items.
     st = tiny_prepared.split.stats
     assert (st["train_items"], st["val_items"], st["test_items"]) == (1430, 126, 126)
     assert st["test_eval_users"] == 845

@@ -135,7 +135,8 @@ def test_compare_heads_reuses_only_identical_runs_on_identical_splits(tmp_path):
     run = tmp_path / "seed-3"
     run.mkdir()
     cfg = load_config(ch.CLCREC_CFG, ["seed=3", "split.seed=3", f"run_dir={run}"])
-    cfg["cmclrec"]["beta"] = 0.123             # another head's section: irrelevant to clcrec
+    # another head's section (an older run's config.yaml has them all): irrelevant to clcrec
+    cfg.setdefault("cmclrec", {})["beta"] = 0.123
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     ch.check_reused(run, ch.CLCREC_CFG, [], 3)
     cfg["clcrec"]["lam"] = 0.9
@@ -209,3 +210,276 @@ def test_demo_summary_three_lines_per_run_against_baselines(tmp_path, monkeypatc
     assert lines[2].strip() == "vs      random 6.00 (model 5.00x); oracle 60.00 (model 0.50x)"
     with pytest.raises(SystemExit, match="no finished run named nothing"):
         ds.newest_run("nothing")
+
+
+# ---- the shared runner (mmrec.sweep): tables, collect, results files, run_cell -----------------------
+
+def test_summarise_markdown_and_csv_by_hand():
+    """mean ± sample std (ddof=1) in %, a single seed's value alone, '-' where nothing finished,
+    each seed's value; the CSV: one line per row and metric."""
+    import csv
+    import io
+
+    from mmrec.sweep import csv_table, markdown_table, summarise
+    found = {"a": {0: {"ndcg@10": 0.125, "recall@10": 0.5}, 1: {"ndcg@10": 0.375, "recall@10": 0.25}},
+             "b": {1: {"ndcg@10": 0.25}},
+             "unlisted": {0: {"ndcg@10": 0.9}}}
+    rows = [("a", "Row A"), ("b", "Row B, one seed"), ("c", "Row C")]
+    metrics = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10"}
+    summary = summarise(found, rows, [0, 1], metrics)
+    assert [r["row"] for r in summary] == ["a", "b", "c"]
+    a = summary[0]
+    assert a["seeds"] == 2 and a["ndcg@10_mean"] == 25.0 and a["recall@10_mean"] == 37.5
+    assert a["ndcg@10_std"] == pytest.approx(12.5 * 2 ** 0.5)          # |12.5 - 37.5| / sqrt(2)
+    assert (a["ndcg@10_seed0"], a["ndcg@10_seed1"]) == (12.5, 37.5)
+    assert summary[1]["ndcg@10_std"] is None and summary[1]["recall@10_n"] == 0
+    assert markdown_table(summary, [0, 1], metrics, "Item", per_seed=["ndcg@10"]).splitlines() == [
+        "| Item | seeds | NDCG@10 | Recall@10 | NDCG@10 s0 | NDCG@10 s1 |",
+        "|---|---|---|---|---|---|",
+        "| Row A | 2 | 25.00 ± 17.68 | 37.50 ± 17.68 | 12.50 | 37.50 |",
+        "| Row B, one seed | 1 | 25.00 | - | - | 25.00 |",
+        "| Row C | 0 | - | - | - | - |"]
+    lines = list(csv.reader(io.StringIO(csv_table(summary, [0, 1], metrics))))
+    assert lines[0] == ["row", "label", "metric", "mean", "std", "n", "seed0", "seed1"]
+    assert len(lines) == 1 + 3 * 2
+    row, label, metric, mean, std, n, s0, s1 = lines[1]
+    assert (row, label, metric, n) == ("a", "Row A", "ndcg@10", "2")
+    assert (float(mean), float(s0), float(s1)) == (25.0, 12.5, 37.5)
+    assert float(std) == pytest.approx(17.677669529663689)
+    assert lines[3] == ["b", "Row B, one seed", "ndcg@10", "25.0", "", "1", "", "25.0"]
+    assert lines[4] == ["b", "Row B, one seed", "recall@10", "", "", "0", "", ""]
+    assert lines[6] == ["c", "Row C", "recall@10", "", "", "0", "", ""]
+
+
+def test_collect_rows_folders_and_the_stored_baselines(tmp_path):
+    from mmrec.sweep import collect
+    elsewhere = tmp_path / "reused"
+
+    def run(folder, s, m):
+        d = folder / f"seed-{s}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(m))
+    out = tmp_path / "out"
+    run(out / "x", 0, {"test": {"ndcg@10": 0.1}, "val": {"ndcg@10": 0.2}})
+    run(out / "x", 1, {"test": {"ndcg@10": 0.3}})
+    run(elsewhere, 1, {"test": {"ndcg@10": 0.4}})
+    run(out / "baselines", 0, {"test": {}, "baselines": {"random": {"test": {"ndcg@10": 0.01}},
+                                                         "knn_frozen_text": {"test": {"ndcg@10": 0.15}},
+                                                         "oracle": {"skipped": "no truth"}}})
+    found = collect(out, {"x": "x", "y": elsewhere.absolute(), "z": "z"}, [0, 1], "test",
+                    baselines_from="baselines", baselines=["random", "oracle"], baseline_prefix="b: ")
+    assert found == {"x": {0: {"ndcg@10": 0.1}, 1: {"ndcg@10": 0.3}}, "y": {1: {"ndcg@10": 0.4}},
+                     "b: random": {0: {"ndcg@10": 0.01}}}
+    assert collect(out, ["x"], [0, 1], "val") == {"x": {0: {"ndcg@10": 0.2}}}      # seed 1 has no val
+    # the baselines of a row: its folder's runs
+    assert collect(out, {"r": elsewhere.absolute()}, [1], baselines_from="r") == {"r": {1: {"ndcg@10": 0.4}}}
+
+
+def test_write_results_first_line_names_the_command_and_the_script(tmp_path, monkeypatch):
+    import mmrec.sweep as runner
+    md, csv_path = runner.write_results(tmp_path / "sub" / "table", "| a |\n", "row,label\n",
+                                        "OMP_NUM_THREADS=1 python scripts/compare_heads.py --seeds 0")
+    assert md == tmp_path / "sub" / "table.md" and csv_path == tmp_path / "sub" / "table.csv"
+    assert md.read_text().splitlines() == [
+        ("Regenerate: `OMP_NUM_THREADS=1 python scripts/compare_heads.py --seeds 0` (written by "
+         "scripts/compare_heads.py, do not edit by hand)"), "", "| a |"]
+    assert csv_path.read_text() == "row,label\n"
+    assert sorted(p.name for p in md.parent.iterdir()) == ["table.csv", "table.md"]   # no temporaries left
+    monkeypatch.setattr(runner, "RESULTS_DIR", tmp_path / "results")                 # a bare name: docs/results/
+    md, _ = runner.write_results("cells", "t", "c", "mmrec sweep --out x", script=None)
+    assert md == tmp_path / "results" / "cells.md"
+    assert "(written by mmrec sweep, do not edit by hand)" in md.read_text().splitlines()[0]
+
+
+FAKE_ANY = textwrap.dedent('''
+    import json, os, sys
+    from pathlib import Path
+    args = sys.argv[1:]
+    with Path(os.environ["FAKE_LOG"]).open("a") as f:
+        f.write(json.dumps(args) + "\\n")
+    if "--resume" in args:
+        run = Path(args[args.index("--resume") + 1])
+    else:
+        run = Path(next(a for a in args if a.startswith("run_dir="))[8:])
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(" ".join(args))
+    mode = os.environ.get("FAKE_MODE", "")
+    if mode == "fail_after_checkpoint":
+        (run / "checkpoints").mkdir(exist_ok=True)
+    if mode:
+        print("training failed"); sys.exit(3)
+    (run / "metrics.json").write_text(json.dumps({"test": {"ndcg@10": 0.5}}))
+''')
+
+
+def test_run_cell_runs_any_subcommand_and_skips_resumes_or_restarts(tmp_path, monkeypatch):
+    """A transfer run through run_cell: its command; killed after a checkpoint -> `train --resume`;
+    finished -> skipped; killed before its first checkpoint -> moved aside and started again."""
+    from mmrec.sweep import run_cell
+    script = tmp_path / "fake_mmrec.py"
+    script.write_text(FAKE_ANY)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.log"))
+    launcher = [sys.executable, str(script)]
+    transfer = ["transfer", "--from", "A/seed-3", "--mode", "frozen"]
+    run = tmp_path / "out" / "frozen" / "seed-3"
+    monkeypatch.setenv("FAKE_MODE", "fail_after_checkpoint")
+    with pytest.raises(RuntimeError, match=r"run failed \(exit 3\).*see .*frozen/seed-3\.log"):
+        run_cell("configs/tiny.yaml", ["train.epochs=1"], {"model.dim": 16}, 3, run, launcher, command=transfer)
+    first = ["transfer", "--from", "A/seed-3", "--mode", "frozen", "--config", "configs/tiny.yaml",
+             "train.epochs=1", "model.dim=16", "seed=3", "split.seed=3", f"run_dir={run}", "train.progress=false"]
+    assert calls(tmp_path) == [first]
+    log = (run.parent / "seed-3.log").read_text()
+    assert log.startswith(f"$ {' '.join(launcher + first)}\n") and "training failed" in log
+    monkeypatch.delenv("FAKE_MODE")
+    assert run_cell("configs/tiny.yaml", ["train.epochs=1"], {"model.dim": 16}, 3, run, launcher, command=transfer)
+    assert calls(tmp_path)[1] == ["train", "--resume", str(run)]
+    assert not run_cell("configs/tiny.yaml", [], {}, 3, run, launcher, command=transfer)   # finished
+    assert len(calls(tmp_path)) == 2
+    # killed before its first checkpoint (twice): moved aside, the older leftover replaced
+    other = tmp_path / "out" / "another" / "seed-4"
+    monkeypatch.setenv("FAKE_MODE", "fail_before_checkpoint")
+    with pytest.raises(RuntimeError):
+        run_cell(None, [], {}, 4, other, launcher, command=transfer)
+    with pytest.raises(RuntimeError):
+        run_cell(None, [], {}, 4, other, launcher, command=transfer)
+    monkeypatch.delenv("FAKE_MODE")
+    assert run_cell(None, [], {}, 4, other, launcher, command=transfer)
+    assert [c[:5] for c in calls(tmp_path)[2:]] == [transfer] * 3     # every time a fresh start
+    assert (other / "metrics.json").exists() and not (other.parent / "seed-4-2").exists()
+    assert (other.parent / "seed-4.interrupted" / "config.yaml").exists()
+    assert sorted(p.name for p in other.parent.iterdir()) == ["seed-4", "seed-4.interrupted", "seed-4.log"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_run_cell_child_dies_with_the_driver(tmp_path):
+    """The driver is SIGKILLed mid-run: its training process goes too (no orphan on the run dir)."""
+    import signal
+    import subprocess
+    import time
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(textwrap.dedent(f'''
+        import os, time
+        open({str(tmp_path / "child.pid")!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+    '''))
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f'''
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {os.getcwd()!r})
+        from mmrec.sweep import run_cell
+        run_cell(None, [], {{}}, 0, Path({str(tmp_path / "cell" / "seed-0")!r}), [sys.executable, {str(sleeper)!r}])
+    '''))
+    parent = subprocess.Popen([sys.executable, str(driver)])
+    pid_file, child = tmp_path / "child.pid", None
+    try:
+        deadline = time.time() + 60
+        while child is None and time.time() < deadline and parent.poll() is None:
+            if pid_file.exists() and pid_file.read_text():
+                child = int(pid_file.read_text())
+            time.sleep(0.05)
+        assert child is not None, "the run never started"
+        parent.kill()
+        parent.wait()
+
+        def alive(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except FileNotFoundError:
+                return False
+            return stat.rsplit(")", 1)[1].split()[0] != "Z"   # a zombie is dead, waiting to be reaped
+        deadline = time.time() + 10
+        while alive(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not alive(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child is not None:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _ndcg_recall_bounds(scores, relevant, k=10):
+    """(min, max) of NDCG@k and recall@k over the orders of exactly tied scores (the evaluator's
+    top-k may break ties either way)."""
+    order = np.argsort(-scores, kind="stable")
+    s, h = scores[order], relevant[order].astype(float)
+    lo, hi = np.zeros(len(s)), np.zeros(len(s))
+    start = 0
+    for j in range(1, len(s) + 1):
+        if j == len(s) or s[j] != s[j - 1]:
+            n = int(h[start:j].sum())
+            hi[start:start + n], lo[j - n:j] = 1, 1          # a tie group's hits first / last
+            start = j
+    disc = 1 / np.log2(np.arange(2, k + 2))
+    n_rel = int(relevant.sum())
+    idcg = disc[:min(n_rel, k)].sum()
+    return ((lo[:k] * disc).sum() / idcg, (hi[:k] * disc).sum() / idcg), (lo[:k].sum() / n_rel, hi[:k].sum() / n_rel)
+
+
+def test_transfer_table_knn_source_is_cosine_knn_over_the_exported_vectors(trained_run, tiny_prepared, tmp_path):
+    """knn_source (A's items through A's tower, kNN user = mean of the normalised liked training
+    items, cosine) equals that computed with numpy from the run's exported item vectors; the
+    control table puts it next to A's own trained metrics."""
+    from mmrec.data.split import Split
+    from mmrec.export import export
+    tt = _script("transfer_table")
+    run_dir, metrics = trained_run
+    source = tmp_path / "A"
+    source.mkdir()
+    (source / "seed-0").symlink_to(run_dir, target_is_directory=True)
+    out = tmp_path / "out"
+    assert tt.knn_source(0, out, source) > 0
+    assert tt.knn_source(0, out, source) == 0.0                       # done: not computed again
+    got = json.loads((out / "knn_source" / "seed-0" / "metrics.json").read_text())
+    assert got["item_tower_from"] == str(source / "seed-0")
+
+    # the same, independently: numpy over the exported item vectors (mmrec export, all items)
+    split = Split.load(run_dir / "split.npz")
+    table = tiny_prepared.dataset.items.iloc[tiny_prepared.item_rows[np.arange(split.n_items)]]
+    table.to_parquet(tmp_path / "items.parquet", index=False)
+    exported = export(run_dir, tmp_path / "items.parquet", tmp_path / "export")
+    assert (exported / "item_ids.txt").read_text().split() == [str(i) for i in split.item_ids]
+    V = np.load(exported / "item_embeddings.npy").astype(np.float64)
+    V /= np.linalg.norm(V, axis=1, keepdims=True)
+    train = split.positives["train"]
+    U = np.stack([V[train.row(u)].mean(0) if len(train.row(u)) else np.zeros(V.shape[1])
+                  for u in range(split.n_users)])
+    U /= np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
+    # A barely trained tower's vectors share one large direction: cosine scores agree to ~1e-5
+    # and float rounding alone reorders them. So: numpy's scores must equal the ones ranked (to
+    # float32 precision), and the metrics must be those of ranking them, up to exact ties.
+    from mmrec.evaluation import baselines
+    scored = []
+
+    class Recording(baselines.CosineScorer):
+        def __call__(self, users):
+            out = super().__call__(users)
+            scored.append((users.numpy().copy(), out.numpy().copy()))
+            return out
+    dest = tmp_path / "again" / "metrics.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(baselines, "CosineScorer", Recording)
+        tt.knn_over_tower(source / "seed-0", dest)
+    assert json.loads(dest.read_text())["test"] == got["test"]
+    assert len(scored) == 2                                           # val, test: one user chunk each
+    for part, (users, S) in zip(("val", "test"), scored):
+        cands = split.items_of(part)
+        np.testing.assert_array_equal(users, split.eval_users(part))
+        np.testing.assert_allclose(S, U[users] @ V[cands].T, atol=2e-6)
+        b = np.array([_ndcg_recall_bounds(S[j].astype(np.float64), np.isin(cands, split.positives[part].row(u)))
+                      for j, u in enumerate(users)]).mean(0)          # [[ndcg lo, hi], [recall lo, hi]]
+        assert b[0, 0] - 1e-9 <= got[part]["ndcg@10"] <= b[0, 1] + 1e-9, (part, b)
+        assert b[1, 0] - 1e-9 <= got[part]["recall@10"] <= b[1, 1] + 1e-9, (part, b)
+        assert b[0, 1] - b[0, 0] < 0.01                                # the ties leave little room
+
+    found = tt.collect(out, [0], "test", source)
+    assert found["source"][0] == metrics["test"] and found["knn_source"][0] == got["test"]
+    _, on_a = tt.tables(found, ["ndcg@10"], [0])
+    assert on_a.splitlines()[2:] == [
+        f"| A's model (u·v), as trained on A | 1 | {metrics['test']['ndcg@10'] * 100:.2f} |",
+        f"| A's item tower, kNN (cosine; no training beyond A's) | 1 | {got['test']['ndcg@10'] * 100:.2f} |"]

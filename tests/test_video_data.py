@@ -137,7 +137,7 @@ def test_image_field_reads_stills_and_reports_bad_ones(tmp_path, cache_dir):
     import decord  # noqa: F401  (loaded in any run with a video field; broke torchvision's PNG decoding)
     import torch
     from encoders import build_encoder, encoder_defaults
-    from mmrec.data.world import generate_world
+    from mmrec.synthetic.world import generate_world
     world = generate_world({"n_items": 40, "n_users": 30, "ratings_per_user": [20, 30], "stills": 2,
                             "trailer": {"size": 32, "scenes": 2, "informative": 1, "frames_per_scene": 4,
                                         "fps": 4}}, tmp_path / "world", workers=1, progress=False)
@@ -160,7 +160,7 @@ def test_image_field_reads_stills_and_reports_bad_ones(tmp_path, cache_dir):
     assert batch["images"].shape == (3, 2, 32, 32, 3)
     assert batch["image_mask"].tolist() == [[True, False], [False, False], [True, True]]
     assert batch["present"].tolist() == [True, False, True]
-    from preprocessing.render import render_stills  # noqa: F401  (the stills are real PNGs)
+    from mmrec.synthetic.render import render_stills  # noqa: F401  (the stills are real PNGs)
     from mmrec.data.visual import load_image
     assert np.array_equal(batch["images"][2, 1].numpy(), load_image(str(world / "images" / "i0002_1.png"), 32))
     enc = build_encoder({**encoder_defaults({"type": "vit"}), "arch": "tiny"}, 16)

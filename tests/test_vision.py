@@ -1,5 +1,4 @@
 """ViT / ViViT encoders, clip sampling and the S-segment max (KDD'24 Eq. 4)."""
-import numpy as np
 import pytest
 import torch
 

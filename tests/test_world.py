@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from mmrec.data.tables import MultiModalDataset
-from mmrec.data.world import (PRESETS, WORLD_DEFAULTS, generate_world, load_oracle, mentioned,
+from mmrec.synthetic.world import (PRESETS, WORLD_DEFAULTS, generate_world, load_oracle, mentioned,
                               resolve_config)
-from preprocessing.render import (DIRECTIONS, STANDIN_NOTE, render_frames, render_standin_trailers,
+from mmrec.synthetic.render import (DIRECTIONS, STANDIN_NOTE, render_frames, render_standin_trailers,
                                   render_stills, render_trailer)
 
 SMALL = {"n_items": 40, "n_users": 30, "ratings_per_user": [20, 30], "stills": 1,
@@ -264,7 +264,7 @@ def test_generation_resumes(world):
 def test_trailer_encoding_is_reproducible(tmp_path):
     """The same frames always encode to the same bytes (x264's macroblock-tree lookahead made 7 of
     100 encodings differ, so two generations of one world had different pixels)."""
-    from preprocessing.render import render_frames, write_mp4
+    from mmrec.synthetic.render import render_frames, write_mp4
     frames = render_frames(ATTRS, seed=0, size=20, scenes=2, informative=1, frames_per_scene=4).frames
     encoded = {write_mp4(frames, tmp_path / f"t{i}.mp4", 4).read_bytes() for i in range(40)}
     assert len(encoded) == 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,20 +17,28 @@ from mmrec.registry import Registry
 from preprocessing.text import RaggedTokens
 
 
-class FieldContent(Protocol):
-    """Providers may also have `absent_reasons` (per item: None if present, else why not, e.g.
-    "empty text", "missing") and `failures` (one record per content file that could not be
-    used: item_id, field, source_id, path, reason, detail); the preprocess report reads both."""
-    name: str
-    present: np.ndarray   # [n_items] bool
+class FieldContent:
+    """Base of every field's content provider (one per field, indexed by dataset row).
 
-    def collate(self, items: np.ndarray, mode: str, seeds: np.ndarray) -> dict[str, torch.Tensor]: ...
+    A provider sets `name` and `present` ([n_items] bool) and implements `collate`. It may set:
+    `absent_reasons` (per item: None if present, else why not, e.g. "empty text", "missing";
+    None: the preprocess report says "absent"), `failures` (one record per content file that
+    could not be used: item_id, field, source_id, path, reason, detail) and `report` (what
+    building it found, shown in data and export reports)."""
+    name: str
+    present: np.ndarray
+    absent_reasons: list | None = None
+    failures: list | tuple = ()
+    report: dict | None = None
+
+    def collate(self, items: np.ndarray, mode: str, seeds: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
 
 EMPTY_TEXT = "empty text"   # a text field whose template columns are all empty for the item
 
 
-class TextContent:
+class TextContent(FieldContent):
     """Token ids of one text field. With a frozen-bottom cache attached (`use_frozen_cache`,
     mmrec/data/text_cache.py), batches also carry `frozen_hidden`: the cached hidden states
     [B, T, H] float32, cut to the batch's longest text like the ids, which a `cache_frozen` BERT

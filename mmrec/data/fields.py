@@ -1,8 +1,9 @@
 """Content fields: which columns of the item table feed which encoder.
 
 A field is one content signal X^(c) of the paper: a text rendered from item columns by a
-template, a trailer, or a set of still images. Each modality registers the defaults of its spec
-here, so the config loader can check a field entry key by key.
+template, a trailer, or a set of still images. The defaults of a field entry of each modality
+are YAML (configs/defaults/modalities/<modality>.yaml), which the config loader checks a field
+entry against key by key; `register_modality` adds a plug-in's.
 """
 from __future__ import annotations
 
@@ -11,32 +12,24 @@ import string
 
 import pandas as pd
 
-from mmrec.config import register_entry_defaults
+from mmrec.config import ConfigError, add_entry_defaults, entry_defaults
 from mmrec.data.tables import DataError
 
-FIELD_DEFAULTS: dict[str, dict] = {
-    "text": {
-        "modality": "text",
-        "template": "{title}",   # Python format string over item columns; lists are joined with ', '
-        "encoder": "text",       # name of an entry in `encoders`
-        "max_length": 512,       # WordPiece tokens, [CLS] and [SEP] included
-    },
-}
+# The defaults of each modality's field entry are YAML: configs/defaults/modalities/<modality>.yaml
+# (text, video, image, features), read by the config loader without importing this module.
 
 
 def register_modality(name: str, defaults: dict) -> None:
-    FIELD_DEFAULTS[name] = {"modality": name, **defaults}
+    """A plug-in modality's field defaults (mmrec's own are the YAML files above)."""
+    add_entry_defaults("fields", name, {"modality": name, **defaults})
 
 
 def field_defaults(entry: dict) -> dict:
-    modality = entry.get("modality")
-    if modality is None or modality not in FIELD_DEFAULTS:
-        what = "needs a 'modality'" if modality is None else f"unknown modality '{modality}'"
-        raise KeyError(f"{what} (known: {', '.join(FIELD_DEFAULTS)})")
-    return dict(FIELD_DEFAULTS[modality])
-
-
-register_entry_defaults("fields", field_defaults)
+    """The defaults of a field entry, by its modality; KeyError for none or an unknown one."""
+    try:
+        return entry_defaults("fields", entry)
+    except ConfigError as e:
+        raise KeyError(str(e)) from None
 
 
 def template_columns(template: str) -> list[str]:

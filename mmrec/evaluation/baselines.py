@@ -4,20 +4,21 @@ random:          uniform random scores (seeded per chunk of users).
 knn_frozen_text: a frozen pretrained BERT embeds every item's text fields (the mean over the
                  fields an item has); a user is the mean of the normalised embeddings of the
                  items they liked in training; score = cosine similarity.
-oracle:          synthetic worlds only (a dataset with `oracle.npz`): the true user x item
-                 affinities the ratings were drawn from, i.e. the best any model can rank.
+Plug-ins register more with `register_baseline` (`mmrec.synthetic` adds `oracle`: a synthetic
+world's true affinities, the best any model can rank).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mmrec import assets
-from mmrec.evaluation.evaluator import DotScorer, RankingEvaluator
+from mmrec.evaluation.evaluator import RankingEvaluator
 from mmrec.evaluation.ranking import evaluate_ranking
+from mmrec.plugins import load_plugins
+from mmrec.registry import Registry
 
 
 class RandomScorer:
@@ -72,53 +73,49 @@ def knn_user_vectors(item_vectors: torch.Tensor, prepared) -> torch.Tensor:
     return out / counts
 
 
-def oracle_factors(prepared) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(user factors, item factors) in split index order from the dataset's oracle.npz, if any."""
-    root = prepared.dataset.root
-    path = None if root is None else Path(root) / "oracle.npz"
-    if path is None or not path.exists():
-        return None
-    z = np.load(path, allow_pickle=False)
-    split = prepared.split
-    out = []
-    for ids, key in ((split.user_ids, "user"), (split.item_ids, "item")):
-        pos = {str(x): i for i, x in enumerate(z[f"{key}_ids"])}
-        missing = [str(x) for x in ids if str(x) not in pos]
-        if missing:
-            raise ValueError(f"{path}: {len(missing)} {key}s of the split have no oracle factors, e.g. {missing[:3]}")
-        out.append(torch.from_numpy(z[f"{key}_factors"][[pos[str(x)] for x in ids]]).float())
-    return out[0], out[1]
+# A baseline: factory(cfg, prepared) -> either make_scorer(candidate items) -> ScoreFn, or a str
+# saying why it cannot run on this data (reported as {"skipped": reason}). Plug-ins (e.g.
+# mmrec.synthetic's `oracle`) register their own.
+BASELINES = Registry("baseline")
+
+
+def register_baseline(name: str):
+    return BASELINES.register(name)
+
+
+@register_baseline("random")
+def random_baseline(cfg: dict, prepared):
+    return lambda cands: RandomScorer(len(cands), cfg["seed"])
+
+
+@register_baseline("knn_frozen_text")
+def knn_frozen_text_baseline(cfg: dict, prepared):
+    items = frozen_text_item_vectors(cfg, prepared)
+    if items is None:
+        return "no text field"
+    users = knn_user_vectors(items, prepared)
+    return lambda cands: CosineScorer(users, items[torch.from_numpy(cands)])
 
 
 def evaluate_baselines(cfg: dict, prepared, parts=("val", "test"), device="cpu") -> dict:
-    """{baseline: {part: {metric: mean}}} for the configured baselines."""
+    """{baseline: {part: {metric: mean}}} for the configured baselines (`eval.baselines`)."""
+    load_plugins()
     split = prepared.split
     evaluator = RankingEvaluator(cfg["eval"]["ks"], cfg["eval"]["user_chunk"])
-    out: dict = {}
     wanted = list(cfg["eval"]["baselines"] or [])
-    unknown = set(wanted) - {"random", "knn_frozen_text", "oracle"}
+    unknown = [n for n in wanted if n not in BASELINES]
     if unknown:
-        raise ValueError(f"eval.baselines: unknown baseline(s) {sorted(unknown)} (random | knn_frozen_text | oracle)")
-    oracle = oracle_factors(prepared) if "oracle" in wanted else None
-    knn_items = frozen_text_item_vectors(cfg, prepared) if "knn_frozen_text" in wanted else None
-    knn_users = knn_user_vectors(knn_items, prepared) if knn_items is not None else None
-    for name in wanted:
-        if name == "knn_frozen_text" and knn_items is None:
-            out[name] = {"skipped": "no text field"}
-            continue
-        if name == "oracle" and oracle is None:
-            out[name] = {"skipped": "the dataset has no oracle.npz (only synthetic worlds do)"}
+        raise ValueError(f"eval.baselines: unknown baseline(s) {sorted(unknown)} ({' | '.join(BASELINES)})")
+    factories = {name: BASELINES[name](cfg, prepared) for name in wanted}
+    out: dict = {}
+    for name, make in factories.items():
+        if isinstance(make, str):
+            out[name] = {"skipped": make}
             continue
         out[name] = {}
         for part in parts:
             cands = split.items_of(part)
-            if name == "random":
-                scorer = RandomScorer(len(cands), cfg["seed"])
-            elif name == "oracle":
-                scorer = DotScorer(oracle[0], oracle[1][torch.from_numpy(cands)])
-            else:
-                scorer = CosineScorer(knn_users, knn_items[torch.from_numpy(cands)])
-            res = evaluate_ranking(scorer, split.eval_users(part), cands, split.positives[part],
+            res = evaluate_ranking(make(cands), split.eval_users(part), cands, split.positives[part],
                                    evaluator, n_items=split.n_items, device=device)
             out[name][part] = res.means()
     return out

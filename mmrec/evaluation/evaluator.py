@@ -58,6 +58,7 @@ class RankingEvaluator:
         self.kmax = max(self.ks)
         self.user_chunk = int(user_chunk)
         self.device = torch.device(device)
+        self._flat: torch.Tensor | None = None   # the reusable hit buffer (_buffer)
 
     def evaluate(self, score_fn: ScoreFn, users: np.ndarray, candidates: np.ndarray, truth: CSR,
                  exclude: CSR | None = None, n_items: int | None = None) -> EvalResult:
@@ -110,7 +111,7 @@ class RankingEvaluator:
         return EvalResult(np.concatenate(kept_users) if kept_users else np.zeros(0, np.int64), per_user)
 
     def _buffer(self, size: int) -> torch.Tensor:
-        buf = getattr(self, "_flat", None)
+        buf = self._flat
         if buf is None or buf.numel() < size or buf.device != self.device:
             self._flat = buf = torch.zeros(size, dtype=torch.bool, device=self.device)
         return buf

@@ -49,7 +49,7 @@ def encode_items(model, prepared, items: np.ndarray, batch_size: int, device="cp
         bar.update()
         content = move_to(collate(items[b * batch_size:(b + 1) * batch_size], "eval"), device)
         with ctx():
-            if with_weights and hasattr(model, "item_vectors_and_weights"):
+            if with_weights:
                 v, w = model.item_vectors_and_weights(content)
             else:
                 v, w = model.item_vectors(content), None

@@ -34,7 +34,7 @@ from mmrec.data.batches import PairDataset
 from mmrec.data.content import collate_items
 from mmrec.data.split import CSR
 from mmrec.data.tables import DataError
-from mmrec.models import register_head
+from mmrec.models.base import ItemColdStartHead, register_head
 
 
 def feature_fields(cfg: dict) -> list[str]:
@@ -53,7 +53,11 @@ def contrastive_loss(anchor: torch.Tensor, candidates: torch.Tensor, temperature
     candidates [B, 1+K, D]."""
     if cosine:
         anchor, candidates = F.normalize(anchor, dim=-1), F.normalize(candidates, dim=-1)
-    logits = torch.einsum("bd,bkd->bk", anchor, candidates) / temperature
+    return nce(torch.einsum("bd,bkd->bk", anchor, candidates) / temperature)
+
+
+def nce(logits: torch.Tensor) -> torch.Tensor:
+    """-mean log softmax of column 0 (the positive) over the 1+K columns: both of CLCRec's losses."""
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
@@ -143,26 +147,19 @@ class CLCRecCollator:
 
 # ------------------------------------------------------------------------------------- model
 class FeatureEncoder(nn.Module):
-    """Eq. 11: Linear -> leaky ReLU -> Linear. Rebuilds itself to the shapes of a loaded state
-    dict, so a saved run loads without its data (export)."""
+    """Eq. 11: Linear -> leaky ReLU -> Linear."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int):
         super().__init__()
         self.layer1 = nn.Linear(in_dim, hidden)
         self.layer2 = nn.Linear(hidden, out_dim)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        w = state_dict.get(prefix + "layer1.weight")
-        if w is not None and tuple(w.shape) != tuple(self.layer1.weight.shape):
-            self.layer1 = nn.Linear(w.shape[1], w.shape[0])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer2(F.leaky_relu(self.layer1(x)))
 
 
 @register_head("clcrec")
-class CLCRecModel(nn.Module):
+class CLCRecModel(ItemColdStartHead):
     def __init__(self, cfg: dict, n_users: int, n_items: int, train_pairs: np.ndarray | None,
                  feature_dim: int = 1):
         super().__init__()
@@ -190,24 +187,22 @@ class CLCRecModel(nn.Module):
         nn.init.normal_(self.item_embedding.weight, std=std)
         self.feature_encoder = FeatureEncoder(feature_dim, int(c["hidden_dim"]), D)
         if self.cf == "gcn":
-            if train_pairs is not None:
-                index, value = normalized_adjacency(train_pairs, n_users, n_items)
-            else:   # filled by load_state_dict
-                index, value = torch.zeros(2, 0, dtype=torch.long), torch.zeros(0)
+            index, value = normalized_adjacency(train_pairs, n_users, n_items)
             self.register_buffer("graph_index", index)
             self.register_buffer("graph_value", value)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("graph_index", "graph_value"):
-            if prefix + name in state_dict and hasattr(self, name):
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def build(cls, cfg: dict, prepared) -> "CLCRecModel":
         s = prepared.split
         dim = sum(prepared.content[n].dim for n in feature_fields(cfg))
         return cls(cfg, s.n_users, s.n_items, s.train_pairs(), feature_dim=dim)
+
+    @classmethod
+    def for_weights(cls, cfg: dict, split, state: dict) -> "CLCRecModel":
+        """The feature width is the saved encoder's; the graph is rebuilt from the split's
+        training pairs (the saved buffers then load over equal values)."""
+        return cls(cfg, split.n_users, split.n_items, split.train_pairs(),
+                   feature_dim=int(state["feature_encoder.layer1.weight"].shape[1]))
 
     def train_data(self, prepared):
         """(user, positive) pairs; the collator adds K negatives and the items' features."""
@@ -217,44 +212,23 @@ class CLCRecModel(nn.Module):
                                   split.n_items)
         return PairDataset(split.train_pairs()), CLCRecCollator(content, prepared.item_rows, sampler)
 
-    # ---------------------------------------------------------------------- trainer hooks
     @classmethod
-    def prepare_data(cls, cfg: dict, run_dir, resume: bool, accelerator=None):
-        """The trainer's data: the usual cold-item split of `data.source`, or, with
-        `data.source: clcrec` and `data.path`, an official CLCRec folder as it is (its split, its
-        feat_t/feat_v/feat_a, its warm held-out interactions for the warm and all-item metrics)."""
-        import json
-        import logging
-        from pathlib import Path
-        from mmrec.data.pipeline import prepare
-        from mmrec.data.split import Split
-        log = logging.getLogger("mmrec")
-        run_dir = Path(run_dir)
-        main = accelerator is None or accelerator.is_main_process
-        if cfg["data"]["source"] == "clcrec":
-            prepared = official_prepared(cfg, cfg["data"]["path"])
-            if resume and (run_dir / "split.npz").exists():
-                saved = Split.load(run_dir / "split.npz")
-                if not np.array_equal(saved.item_ids.astype(str), prepared.split.item_ids.astype(str)):
-                    raise DataError(f"{cfg['data']['path']}: the folder no longer matches {run_dir}/split.npz")
-        else:
-            split = Split.load(run_dir / "split.npz") if resume else None
-            prepared = prepare(cfg, split, accelerator)
-        if main and not resume:
-            prepared.split.save(run_dir / "split.npz")
-            (run_dir / "data_report.json").write_text(json.dumps(prepared.report, indent=1))
-        for line in prepared.report["dataset"]:
-            log.info(line)
-        st = prepared.split.stats
-        log.info("split: %d users; items train/val/test %d/%d/%d; evaluated users val %d, test %d",
-                 st["users"], st["train_items"], st["val_items"], st["test_items"],
-                 st["val_eval_users"], st["test_eval_users"])
+    def load_data(cls, cfg: dict, split=None, accelerator=None):
+        """The usual cold-item split of `data.source`, or, with `data.source: clcrec` and
+        `data.path`, an official CLCRec folder as it is (its split, its feat_t/feat_v/feat_a, its
+        warm held-out interactions for the warm and all-item metrics)."""
+        if cfg["data"]["source"] != "clcrec":
+            return super().load_data(cfg, split, accelerator)
+        prepared = official_prepared(cfg, cfg["data"]["path"])
+        if split is not None and not np.array_equal(split.item_ids.astype(str), prepared.split.item_ids.astype(str)):
+            raise DataError(f"{cfg['data']['path']}: the folder no longer matches the run's split.npz")
         return prepared
 
-    def evaluate_part(self, prepared, part: str, eval_cfg: dict, device="cpu") -> dict:
+    def evaluate_part(self, prepared, part: str, eval_cfg: dict, device="cpu", autocast=None,
+                      progress: bool = False) -> dict:
         """Cold metrics at the top level (what the trainer selects on); `warm` and `all` too
         where the data has warm held-out interactions (official folders)."""
-        warm = getattr(prepared, "warm", {}).get(part)
+        warm = prepared.warm.get(part)
         res = evaluate_warm_cold_all(self, prepared, part, warm, eval_cfg, device)
         out = dict(res["cold"])
         out.update({k: v for k, v in res.items() if k != "cold"})
@@ -289,11 +263,11 @@ class CLCRecModel(nn.Module):
         pos = slot[:, 0]
         # R-E: h(z_i, f_j) = exp(cos(z_i, f_j) / tau) for the positive i and its 1+K items j
         cos = F.normalize(zq[pos], dim=-1) @ F.normalize(f, dim=-1).T          # [B, n]
-        loss_re = self._nce(cos.gather(1, slot) / self.tau)
+        loss_re = nce(cos.gather(1, slot) / self.tau)
         # U-I with hybrid training: g(z_u, f_j) where the mask says so, else g(z_u, z_j)
         mask = hybrid_mask(tuple(slot.shape), self.rho, self.hybrid_sampling, slot.device)
         s_f, s_z = (zu @ f.T).gather(1, slot), (zu @ zq.T).gather(1, slot)   # [B, 1+K]
-        loss_ui = self._nce(torch.where(mask, s_f, s_z) / self.tau)
+        loss_ui = nce(torch.where(mask, s_f, s_z) / self.tau)
         eu, eq = self.user_embedding(users), self.item_embedding(uniq)
         if self.reg == "official":
             reg = (eu.norm(dim=-1).mean() + eq.norm(dim=-1)[slot].mean()) / 2
@@ -302,11 +276,6 @@ class CLCRecModel(nn.Module):
         loss = self.lam * loss_re + (1 - self.lam) * loss_ui + self.reg_weight * reg
         return {"loss": loss, "loss_re": loss_re.detach(), "loss_ui": loss_ui.detach(),
                 "loss_reg": reg.detach()}
-
-    @staticmethod
-    def _nce(logits: torch.Tensor) -> torch.Tensor:
-        """-mean log softmax of column 0 (the positive) over the 1+K columns."""
-        return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         if self.cf == "mf":
@@ -397,6 +366,4 @@ def official_prepared(cfg: dict, folder):
                           f"test {data.warm['test'].indices.size})"],
               "fields_present": {n: int(c.present.sum()) for n, c in content.items()},
               "split": split.stats}
-    prepared = PreparedData(ds, split, content, np.arange(split.n_items), report)
-    prepared.warm = data.warm
-    return prepared
+    return PreparedData(ds, split, content, np.arange(split.n_items), report, warm=data.warm)

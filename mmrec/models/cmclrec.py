@@ -59,7 +59,7 @@ from torch import nn
 
 from mmrec.data.sequences import UserSplit
 from mmrec.distributed import gather_with_grad, rank_and_world
-from mmrec.models import register_head
+from mmrec.models.base import register_head
 from mmrec.models.sasrec import SASRecModel, attention_mask, next_item_loss
 
 

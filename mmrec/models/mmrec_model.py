@@ -10,11 +10,11 @@ from mmrec.data.batches import PairCollator, PairDataset
 from mmrec.data.text_cache import attach_text_caches
 from mmrec.losses import (AlignmentLoss, DistillationLoss, PositiveLookup, RatingRankingLoss,
                           SamplingFrequencies)
-from mmrec.models import register_head
+from mmrec.models.base import ItemColdStartHead, register_head
 
 
 @register_head("mmrec")
-class MMRecModel(nn.Module):
+class MMRecModel(ItemColdStartHead):
     def __init__(self, cfg: dict, n_users: int, n_items: int, train_pairs: np.ndarray | None):
         super().__init__()
         D = int(cfg["model"]["dim"])
@@ -23,8 +23,7 @@ class MMRecModel(nn.Module):
         self.item_encoder = ItemEncoder(cfg["fields"], cfg["encoders"], cfg["model"])
         if cfg["train"]["gradient_checkpointing"]:
             for encoder in self.item_encoder.encoders.values():
-                if hasattr(encoder, "set_grad_checkpointing"):
-                    encoder.set_grad_checkpointing(True)
+                encoder.set_grad_checkpointing(True)
         loss = cfg["loss"]
         lookup = PositiveLookup(train_pairs, n_items) if loss["false_negative_filter"] else None
         self.mixed_negatives = int(loss["mixed_negatives"])
@@ -34,7 +33,8 @@ class MMRecModel(nn.Module):
         freq = (SamplingFrequencies(train_pairs, n_users, n_items, self.negative_pool)
                 if loss["logq_correction"] and train_pairs is not None else None)
         self.ranking_loss = RatingRankingLoss(loss["temperature"], loss["mask_duplicates"],
-                                              loss["false_negative_filter"], lookup, freq)
+                                              loss["false_negative_filter"], lookup, freq,
+                                              loss["in_batch_negatives"], loss["item_to_user"])
         # Collaborative distillation: an ID embedding per item, read only by the training loss.
         # Cold items have no trained row; every scoring path (item_vectors) is content-only.
         dc = cfg["distill"]
@@ -104,6 +104,9 @@ class MMRecModel(nn.Module):
                 losses[f"fusion_weight/{n}"] = mean_w[c].detach()
         losses["loss"] = loss
         return losses
+
+    def item_tower(self) -> nn.Module:
+        return self.item_encoder
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_embedding(users)

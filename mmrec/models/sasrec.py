@@ -8,10 +8,9 @@ RecBole's SASRec with `loss_type: CE`), on one random window of each known user'
 epoch. A cold user has no sequence: plain SASRec gives them an all-padding input, i.e. one and the
 same ranking for every cold user; `cmclrec` replaces that input by a simulated sequence.
 
-The head also provides the trainer's hooks for heads with their own split:
-`prepare_data` (data and split), `evaluate_part` (overall / cold / warm metrics) and
-`baselines` (random and popularity on the same split), and `load_run` / `evaluate_run` for
-`mmrec evaluate` and `mmrec export` (see `mmrec.export`).
+A user cold-start head (`mmrec.models.base.UserColdStartHead`): the family gives the data and
+split, loading a run and re-evaluating it; this head adds `evaluate_part` (overall / cold / warm
+metrics) and `baselines` (random and popularity on the same split).
 
 A user's vector is the last position's state of its input sequence (`sequence_states`); an item's
 is its row of the item embedding table (`item_table`); score = user . item. Evaluation and export
@@ -25,9 +24,7 @@ so every process gets the single-process numbers.
 """
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from mmrec.data.sequences import PART_CODES, TRAIN, SequenceData, UserSplit, prepare_sequences
+from mmrec.data.sequences import PART_CODES, TRAIN, SequenceData, UserSplit
 from mmrec.distributed import is_distributed
 from mmrec.evaluation.evaluator import EvalResult, RankingEvaluator
 from mmrec.evaluation.ranking import evaluate_ranking
-from mmrec.models import register_head
+from mmrec.models.base import UserColdStartHead, register_head
 
 log = logging.getLogger("mmrec")
 
@@ -239,7 +236,7 @@ def sequence_baselines(cfg: dict, split: UserSplit, parts=("val", "test"), devic
 # ---------------------------------------------------------------------------------------------
 
 @register_head("sasrec")
-class SASRecModel(nn.Module):
+class SASRecModel(UserColdStartHead):
     uses_features = False                 # plain SASRec: a cold user's input is all padding
     ddp_find_unused_parameters = False    # every parameter takes part in every step
 
@@ -251,28 +248,16 @@ class SASRecModel(nn.Module):
         self.rec = SASRecEncoder(split.n_items, cfg["sasrec"])
         self.epoch = 0
 
-    # trainer hooks ------------------------------------------------------------------------
-    @classmethod
-    def prepare_data(cls, cfg: dict, run_dir: Path, resume: bool, accelerator=None) -> SequenceData:
-        """Data and user split (loaded from the run directory on resume, saved otherwise)."""
-        split = UserSplit.load(Path(run_dir) / "split.npz") if resume else None
-        prepared = prepare_sequences(cfg, split, accelerator)
-        if (accelerator is None or accelerator.is_main_process) and not resume:
-            prepared.split.save(Path(run_dir) / "split.npz")
-            (Path(run_dir) / "data_report.json").write_text(json.dumps(prepared.report, indent=1))
-        for line in prepared.report["dataset"]:
-            log.info(line)
-        st = prepared.split.stats
-        log.info("user split: %d users (train %d, val warm/cold %d/%d, test warm/cold %d/%d), %d items",
-                 st["users"], st["train_users"], st["val_warm_users"], st["val_cold_users"],
-                 st["test_warm_users"], st["test_cold_users"], st["items"])
-        return prepared
-
+    # head interface -----------------------------------------------------------------------
     @classmethod
     def build(cls, cfg: dict, prepared: SequenceData):
         if not isinstance(prepared, SequenceData):
             raise TypeError(f"head '{cfg['head']}' needs the user cold-start data (prepare_data)")
         return cls(cfg, prepared.split)
+
+    @classmethod
+    def for_weights(cls, cfg: dict, split: UserSplit, state: dict):
+        return cls(cfg, split)
 
     def train_data(self, prepared: SequenceData):
         return SequenceWindows(prepared.split, self.max_len), collate_windows
@@ -281,41 +266,12 @@ class SASRecModel(nn.Module):
         self.epoch = int(epoch)
 
     @torch.no_grad()
-    def evaluate_part(self, prepared: SequenceData, part: str, eval_cfg: dict, device="cpu") -> dict:
+    def evaluate_part(self, prepared: SequenceData, part: str, eval_cfg: dict, device="cpu", autocast=None,
+                      progress: bool = False) -> dict:
         return evaluate_scores(StateScorer(self, device), prepared.split, part, eval_cfg, device)
 
     def baselines(self, cfg: dict, prepared: SequenceData, device="cpu") -> dict:
         return sequence_baselines(cfg, prepared.split, device=device)
-
-    @classmethod
-    def load_run(cls, run_dir, overrides: list[str] | None = None):
-        """(config, user split, model in eval mode with the best epoch's weights) of a finished
-        run, from its directory alone (config.yaml, split.npz, model/)."""
-        from mmrec.config import load_config
-        from mmrec.training.checkpoint import best_weights
-        run_dir = Path(run_dir)
-        state = best_weights(run_dir)
-        cfg = load_config(run_dir / "config.yaml", overrides)
-        split = UserSplit.load(run_dir / "split.npz")
-        model = cls(cfg, split)
-        model.load_state_dict(state)
-        model.eval()
-        return cfg, split, model
-
-    @classmethod
-    def evaluate_run(cls, run_dir, parts=("val", "test"), overrides: list[str] | None = None) -> dict:
-        """`mmrec evaluate RUN_DIR`: the best model on the run's saved user split (checked against
-        the data), on one or many processes; the main process writes evaluation.json."""
-        from mmrec.training.trainer import make_accelerator
-        acc = make_accelerator()
-        run_dir = Path(run_dir)
-        cfg, split, model = cls.load_run(run_dir, overrides)
-        prepared = prepare_sequences(cfg, split, acc)
-        model.to(acc.device)
-        out = {part: model.evaluate_part(prepared, part, cfg["eval"], acc.device) for part in parts}
-        if acc.is_main_process:
-            (run_dir / "evaluation.json").write_text(json.dumps(out, indent=1))
-        return out
 
     # model --------------------------------------------------------------------------------
     def item_table(self) -> torch.Tensor:

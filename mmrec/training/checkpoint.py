@@ -4,7 +4,7 @@ place only when complete, so an interrupted save never leaves a directory a resu
 Layout under <run>/checkpoints/:  step-00000123/  (accelerate state + trainer_state.json)
 The best model's weights live apart, in <run>/model/model.safetensors.
 
-Faults (README "Bad input"):
+Faults (docs/data.md, "Bad input"):
 - A save that fails (a full disk, a quota: `preprocessing.files.storage_errno`) removes its
   temporary directory and raises `StorageError` naming the checkpoint on every process; older
   checkpoints are pruned only after the new one is in place, so the previous one stays loadable.
@@ -21,11 +21,9 @@ import logging
 import os
 import re
 import shutil
-import struct
-import zipfile
 from pathlib import Path
 
-from preprocessing.files import CorruptFileError, StorageError, storage_failure
+from preprocessing.files import CorruptFileError, StorageError, check_file, storage_failure
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 log = logging.getLogger("mmrec")
@@ -40,67 +38,12 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def best_weights(run_dir: str | Path) -> dict:
-    """The state dict of a finished run's best model (<run>/model/model.safetensors); a truncated
-    or corrupt file is a CorruptFileError naming it."""
-    from safetensors.torch import load_file
-    weights = Path(run_dir) / "model" / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{run_dir}: no trained model (model/model.safetensors); train first")
-    fix = "the run's best model is damaged: restore that file or train the run again"
-    problem = check_file(weights)
-    if problem is None:
-        try:
-            return load_file(str(weights))
-        except Exception as e:   # noqa: BLE001 - whatever safetensors says, the file is unusable
-            problem = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    raise CorruptFileError(f"{weights} is corrupt or truncated ({problem}); {fix}", filename=weights)
-
-
 def latest_checkpoint(run_dir: Path) -> Path | None:
     dirs = checkpoint_dirs(run_dir)
     return dirs[-1] if dirs else None
 
 
 # ------------------------------------------------------------------------------------ checking
-
-def check_file(path: Path) -> str | None:
-    """What is wrong with a saved file, or None if it looks whole: a safetensors file shorter than
-    its header says, a zip (torch.save) without its central directory or with members past its
-    end, an empty file, unparsable JSON. Cheap: headers and sizes only, no tensor data read."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return "empty file"
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if path.suffix == ".safetensors":
-                if len(head) < 8:
-                    return f"{size} bytes, shorter than a safetensors header"
-                n = struct.unpack("<Q", head)[0]
-                if 8 + n > size:
-                    return f"{size} bytes, its header alone needs {8 + n}"
-                header = json.loads(f.read(n))
-                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                          default=0)
-                if 8 + n + end > size:
-                    return f"{size} bytes, its header describes {8 + n + end}"
-            elif head.startswith(b"PK\x03\x04"):
-                with zipfile.ZipFile(path) as z:
-                    for info in z.infolist():
-                        if info.header_offset + info.compress_size > size:
-                            return f"{size} bytes, member {info.filename} runs past the end"
-            elif path.suffix == ".json":
-                json.loads(path.read_text())
-    except zipfile.BadZipFile as e:
-        return f"{size} bytes, not a complete zip archive: {e}"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:   # bad JSON in a header or file
-        return f"unreadable header or JSON: {type(e).__name__}: {e}"
-    except OSError as e:
-        return f"cannot be read: {e}"
-    return None
-
 
 def check_checkpoint(ckpt: Path) -> tuple[Path, str] | None:
     """(first bad file, what is wrong) of a checkpoint directory, None if every file looks whole."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import time
 from pathlib import Path
@@ -23,12 +22,9 @@ import torch
 
 from mmrec.config import ConfigError, dump_config, flatten, load_config
 from mmrec.config_checks import check_config
-from mmrec.data.batches import EpochSampler
-from mmrec.data.pipeline import prepare
-from mmrec.data.split import Split
-from mmrec.evaluation.baselines import evaluate_baselines
-from mmrec.evaluation.ranking import evaluate_model_part
-from mmrec.models import build_model, head_class
+from mmrec.distributed import make_accelerator
+from mmrec.data.batches import EpochSampler, PairDataset
+from mmrec.models import Head, head_class
 from mmrec.training.checkpoint import fail_together, load_checkpoint, replace_dir, save_checkpoint
 from mmrec.training.schedule import make_scheduler
 from mmrec.transfer import apply_transfer, frozen_eval
@@ -36,28 +32,6 @@ from preprocessing.files import write_text_atomic
 from preprocessing.progress import progress
 
 log = logging.getLogger("mmrec")
-
-
-def make_accelerator(find_unused_parameters: bool = False):
-    """The Accelerator for any launch: plain `python -m mmrec`, `accelerate launch` (DDP) on GPUs
-    or CPU processes, or DeepSpeed. Mixed precision and gradient accumulation come from the
-    launch config (or ACCELERATE_* variables), never from mmrec's config.
-    find_unused_parameters: DDP tolerates parameters without a gradient in a step (a head whose
-    training stages use different modules, e.g. cmclrec's pre-training)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or deepspeed
-    handlers = []
-    if launched and not torch.cuda.is_available():
-        # CPU processes talk over gloo; DeepSpeed under Accelerate on CPU also needs it (DESIGN §3).
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    if find_unused_parameters:
-        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-    # Without CUDA, a multi-GPU launch config still gives CPU ranks; `cpu=True` must not be set
-    # under DeepSpeed, where it would silently replace DeepSpeed by plain data parallelism.
-    cpu = not torch.cuda.is_available() and not deepspeed
-    return Accelerator(cpu=cpu, kwargs_handlers=handlers)
 
 
 def _broadcast(accelerator, obj):
@@ -113,13 +87,14 @@ def param_groups(model: torch.nn.Module, train_cfg: dict) -> list[dict]:
 def make_sampler(dataset, train_cfg: dict, seed: int, head: str) -> EpochSampler:
     """The epoch order; `train.pairs_per_item` k > 1 groups k pairs of one item together."""
     k = int(train_cfg["pairs_per_item"])
-    if k > 1 and not hasattr(dataset, "group_keys"):
+    groups = dataset.group_keys if isinstance(dataset, PairDataset) else None
+    if k > 1 and groups is None:
         raise ConfigError(f"train.pairs_per_item={k}: head '{head}' trains on {type(dataset).__name__}, "
                           f"which has no per-pair item to group by; use 1")
     if k < 1 or int(train_cfg["batch_size"]) % k:
         raise ConfigError(f"train.pairs_per_item={k} must be >= 1 and divide train.batch_size="
                           f"{train_cfg['batch_size']}")
-    return EpochSampler(len(dataset), seed, groups=getattr(dataset, "group_keys", None), group_size=k)
+    return EpochSampler(len(dataset), seed, groups=groups, group_size=k)
 
 
 def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
@@ -131,10 +106,15 @@ def _fmt(metrics: dict, keys=("ndcg@10", "recall@10", "precision@10")) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: dict, resume_dir: str | Path | None = None):
+    """Trains a head on its data (RecBole's `Trainer(config, model)`): `train(cfg)` builds both
+    from the config; a caller may hand in its own `model` (a built Head) and `prepared` data
+    instead, e.g. a head made outside the registry or data already in memory."""
+
+    def __init__(self, cfg: dict, resume_dir: str | Path | None = None, *, model: Head | None = None,
+                 prepared=None):
         check_config(cfg, complete=True)   # what training needs of the config, before any data is read
-        head = head_class(cfg["head"])
-        self.accelerator = acc = make_accelerator(bool(getattr(head, "ddp_find_unused_parameters", False)))
+        head = type(model) if model is not None else head_class(cfg["head"])
+        self.accelerator = acc = make_accelerator(head.ddp_find_unused_parameters)
         self.resume = resume_dir is not None
         if self.resume:
             run_dir = Path(resume_dir)
@@ -159,26 +139,16 @@ class Trainer:
 
         from accelerate.utils import set_seed
         set_seed(int(cfg["seed"]))
-        # A head with its own data and split (e.g. the user cold-start heads) provides
-        # `prepare_data(cfg, run_dir, resume, accelerator)`; it also saves split.npz and the report.
-        head_prepare = getattr(head, "prepare_data", None)
-        if head_prepare is not None:
-            self.prepared = head_prepare(cfg, run_dir, self.resume, acc)
-        else:
-            split = Split.load(run_dir / "split.npz") if self.resume else None
-            self.prepared = prepare(cfg, split, acc)
+        if prepared is None:
+            self.prepared = head.prepare_data(cfg, run_dir, self.resume, acc)
+        else:   # handed in: saved like a prepared one
+            self.prepared = prepared
             if acc.is_main_process and not self.resume:
-                self.prepared.split.save(run_dir / "split.npz")
-                (run_dir / "data_report.json").write_text(json.dumps(self.prepared.report, indent=1))
-            for line in self.prepared.report["dataset"]:
+                head.save_data(prepared, run_dir)
+            for line in head.describe(prepared):
                 log.info(line)
-            st = self.prepared.split.stats
-            log.info("split: %d users; items train/val/test %d/%d/%d; evaluated users val %d, test %d",
-                     st["users"], st["train_items"], st["val_items"], st["test_items"],
-                     st["val_eval_users"], st["test_eval_users"])
-
         tc = cfg["train"]
-        self.model = build_model(cfg, self.prepared)
+        self.model = model if model is not None else head.build(cfg, self.prepared)
         # `transfer`: another run's item tower, loaded (not on resume: the checkpoint has it) and
         # maybe frozen before the optimizer sees the parameters.
         self.transfer = apply_transfer(self.model, cfg, load=not self.resume)
@@ -223,15 +193,8 @@ class Trainer:
         model = acc.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        if hasattr(model, "evaluate_part"):   # a head with its own evaluation (metric dict)
-            out = model.evaluate_part(self.prepared, part, self.cfg["eval"], acc.device)
-            model.train(was_training)
-            return out
-        res = evaluate_model_part(model, self.prepared, part, self.cfg["eval"], acc.device,
-                                  acc.autocast, progress=False)
+        out = model.evaluate_part(self.prepared, part, self.cfg["eval"], acc.device, acc.autocast)
         model.train(was_training)
-        out = res.means()
-        out["users"] = int(len(res.users))
         return out
 
     def save_best_model(self) -> None:
@@ -278,8 +241,7 @@ class Trainer:
         while st["epoch"] < epochs:
             epoch = st["epoch"]
             self.sampler.set_epoch(epoch)
-            if hasattr(acc.unwrap_model(self.model), "set_epoch"):   # e.g. cmclrec's two stages
-                acc.unwrap_model(self.model).set_epoch(epoch)
+            acc.unwrap_model(self.model).set_epoch(epoch)   # e.g. cmclrec's two stages
             skip = st["batch"]
             loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
             self.model.train()
@@ -371,8 +333,7 @@ class Trainer:
     def finish(self) -> dict:
         acc, st = self.accelerator, self.state
         model = acc.unwrap_model(self.model)
-        baselines = (model.baselines(self.cfg, self.prepared, device=acc.device) if hasattr(model, "baselines")
-                     else evaluate_baselines(self.cfg, self.prepared, device=acc.device))
+        baselines = model.baselines(self.cfg, self.prepared, device=acc.device)
         metrics = {"val": st["val"], "test": st["test"], "baselines": baselines,
                    "best_epoch": st["best_epoch"], "select_metric": self.cfg["eval"]["select_metric"],
                    "split": self.prepared.split.stats, "history": st["history"],

@@ -13,7 +13,7 @@ from mmrec.data.batches import EpochSampler
 from mmrec.data.pipeline import prepare
 from mmrec.distributed import gather_nograd
 from mmrec.models import build_model
-from mmrec.training.trainer import make_accelerator
+from mmrec.distributed import make_accelerator
 
 out_path, global_batch, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 acc = make_accelerator()

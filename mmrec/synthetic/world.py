@@ -4,7 +4,7 @@ Items are combinations of categorical attributes (colour, shape, texture, motion
 speed). Each user's taste is a sparse weight vector over the values of the ``taste`` attributes,
 and affinity(user, item) = sum over taste attributes of weight[attr][item's value]. Ratings are
 drawn from that affinity plus noise. The item's ``video`` attributes are shown in a rendered mp4
-trailer (`preprocessing.render`), its ``text`` attributes are described in a synopsis; anything
+trailer (`mmrec.synthetic.render`), its ``text`` attributes are described in a synopsis; anything
 else is nuisance. Presets pick which channel carries the signal, so one can check that a model
 learns taste from frames (``default``), from motion only (``motion``), or needs both channels
 (``split``).
@@ -16,12 +16,11 @@ temporary name and renamed, and existing ones are skipped. Two processes may gen
 world at once (two runs starting on a fresh cache): every file is written under a pid-named
 temporary and renamed, so both finish with the same directory.
 
-    python -m mmrec.data.world --preset default --out worlds/default [key=value ...]
+A world is generated on first use by the `world` reader (`data.source: world`, options in
+`data.world`), e.g. `mmrec preprocess --config configs/world.yaml`.
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import hashlib
 import json
 import os
@@ -33,52 +32,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec.data.tables import MultiModalDataset, TableCount
+from mmrec.config import ConfigError, resolve_world, world_defaults, world_presets
+from mmrec.data.readers import register_reader
+from mmrec.data.tables import DataError, MultiModalDataset, TableCount
 from preprocessing.files import atomic_path, write_text_atomic
 
-WORLD_DEFAULTS: dict = {
-    "name": "world",
-    "n_items": 1200,
-    "n_users": 600,
-    "ratings_per_user": [40, 80],   # each user rates a uniform random number in this range
-    "attributes": {                 # vocabularies; every value must be renderable
-        "colour": ["red", "green", "blue", "yellow", "magenta", "cyan"],
-        "shape": ["circle", "square", "triangle", "cross"],
-        "texture": ["solid", "stripes", "checker", "dots"],
-        "direction": ["left", "right", "up", "down"],
-        "speed": ["slow", "fast"],
-    },
-    "taste": ["colour", "shape", "texture", "direction"],  # what affinity depends on
-    "video": ["colour", "shape", "texture", "direction", "speed"],  # shown in the trailers
-    "image": None,                  # shown in the stills; None = the video attributes
-    "text": ["speed"],              # described in the synopsis
-    "taste_density": 0.5,           # share of an attribute's values a user has a weight for
-    "rating_noise": 0.5,            # noise std, in units of the user's affinity std
-    "exposure": 2.0,                # how strongly affinity decides which items a user rates (0: random)
-    "rating_shares": [0.1, 0.15, 0.25, 0.3, 0.2],  # share of 1..5 stars; >= 4 (positive) = 50%
-    "trailer": {"scenes": 8, "informative": 3, "frames_per_scene": 8, "size": 32, "fps": 8,
-                "noise": 0.03, "wrap": True},   # wrap: shapes wrap around the frame edges
-    "stills": 2,                    # still images per item (0: no `images` column)
-    "seed": 0,
-}
+WORLD_DEFAULTS: dict = world_defaults()           # configs/defaults/world.yaml
 
-PRESETS: dict[str, dict] = {
-    # Taste lives in what the frames show (incl. motion); the synopsis only names the speed,
-    # which no one cares about: a text-only model should be near random.
-    "default": {"name": "world-default"},
-    # Taste depends on motion alone: invisible in any single frame, stills or the synopsis. Every
-    # item is the same red, solid circle, so nothing but motion tells items apart: the world
-    # isolates temporal modelling (with colour/shape/texture varying as nuisance, ratings alone
-    # did not get the tiny encoder past chance in 8 epochs - README "motion world").
-    "motion": {"name": "world-motion", "taste": ["direction", "speed"], "text": [],
-               "attributes": {"colour": ["red"], "shape": ["circle"], "texture": ["solid"],
-                              "direction": ["left", "right", "up", "down"],
-                              "speed": ["slow", "fast"]}},
-    # Taste split across channels: the video shows colour and direction (shape and texture are
-    # per-scene nuisance), the synopsis names shape and texture. Only a fused model sees it all.
-    "split": {"name": "world-split", "video": ["colour", "direction"],
-              "text": ["shape", "texture"]},
-}
+PRESETS: dict[str, dict] = world_presets()        # configs/defaults/world_presets/*.yaml
 
 # The words a synopsis uses for each attribute value; nothing else in a synopsis names one.
 TEXT_WORDS: dict[str, dict[str, list[str]]] = {
@@ -108,36 +69,21 @@ _FILLERS = ["A tale nobody will forget.", "Critics were divided.", "Based on a t
 # Config
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "attributes":
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def resolve_config(cfg: dict | None = None, preset: str = "default") -> dict:
-    """Defaults <- preset <- cfg, checked; unknown keys are errors naming the closest known one."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown world preset {preset!r} (known: {', '.join(PRESETS)})")
-    for k in (cfg or {}):
-        if k not in WORLD_DEFAULTS:
-            import difflib
-            near = difflib.get_close_matches(k, WORLD_DEFAULTS, 1)
-            raise KeyError(f"unknown world key {k!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-    for k in (cfg or {}).get("trailer") or {}:
-        if k not in WORLD_DEFAULTS["trailer"]:
-            raise KeyError(f"unknown world key 'trailer.{k}' (known: {', '.join(WORLD_DEFAULTS['trailer'])})")
-    c = _merge(_merge(WORLD_DEFAULTS, PRESETS[preset]), cfg or {})
-    c["preset"] = preset
+    """Defaults <- preset <- cfg (mmrec.config.resolve_world), then the world's own checks;
+    unknown keys are errors naming the closest known one."""
+    try:
+        c = resolve_world(cfg, preset, where="world options", prefix="")
+    except ConfigError as e:
+        raise KeyError(str(e)) from None
     _check_config(c)
     return c
 
 
 def _check_config(c: dict) -> None:
-    from preprocessing.render import check_vocab
+    from mmrec.synthetic.render import check_vocab
     check_vocab(c["attributes"])
     for key in ("taste", "video", "text") + (("image",) if c["image"] is not None else ()):
         bad = [a for a in c[key] if a not in c["attributes"]]
@@ -152,12 +98,12 @@ def _check_config(c: dict) -> None:
     if shares.ndim != 1 or len(shares) < 2 or (shares < 0).any() or abs(shares.sum() - 1) > 1e-6:
         raise ValueError(f"world.rating_shares={c['rating_shares']}: non-negative shares summing to 1")
     t = c["trailer"]
-    from preprocessing.render import check_size
+    from mmrec.synthetic.render import check_size
     check_size(t["size"])
     if not 1 <= t["informative"] <= t["scenes"]:
         raise ValueError(f"world.trailer: informative={t['informative']} not in 1..scenes={t['scenes']}")
     if not t["wrap"]:   # every motion the world can draw must fit in the frame
-        from preprocessing.render import RENDER_VOCAB, inside_starts
+        from mmrec.synthetic.render import RENDER_VOCAB, inside_starts
         for d in c["attributes"].get("direction", RENDER_VOCAB["direction"]):
             for v in c["attributes"].get("speed", RENDER_VOCAB["speed"]):
                 try:
@@ -339,7 +285,7 @@ def _claim_dir(out: Path, key: str) -> None:
 
 
 def _render_jobs(items: pd.DataFrame, c: dict, out: Path) -> list:
-    from preprocessing.render import RenderJob
+    from mmrec.synthetic.render import RenderJob
     vocab = c["attributes"]
     image_attrs = c["video"] if c["image"] is None else c["image"]
     jobs = []
@@ -433,21 +379,23 @@ def _save_tables(ds: MultiModalDataset, out: Path) -> None:
 
 
 def _render_all(items: pd.DataFrame, c: dict, out: Path, workers: int, progress: bool) -> dict:
-    from preprocessing.render import render_jobs
+    from mmrec.synthetic.render import render_jobs
     return render_jobs(_render_jobs(items, c, out), workers, progress, desc=f"rendering {c['name']}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    from mmrec.config import parse_overrides
-    p = argparse.ArgumentParser(description="Generate a synthetic rendered-trailer world.")
-    p.add_argument("--preset", default="default", choices=list(PRESETS))
-    p.add_argument("--out", default=None, help="output directory (default worlds/<preset>)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("overrides", nargs="*", help="key=value (value is YAML, e.g. n_items=200)")
-    a = p.parse_args(argv)
-    cfg = parse_overrides(a.overrides)   # key=value, values parsed as YAML (JSON works too)
-    print(generate_world(cfg, a.out, a.preset, a.workers))
-
-
-if __name__ == "__main__":
-    main()
+@register_reader("world", cached=False)
+def read_world(data_cfg: dict) -> MultiModalDataset:
+    """A SYNTHETIC rendered-trailer world (this module), generated on first use into
+    `data.cache_dir/worlds/` (or `data.path`, if set) and then read like any processed dataset.
+    `data.world` holds `preset` and any world key, e.g. {preset: motion, n_items: 800}."""
+    opts = dict(data_cfg.get("world") or {})
+    preset = opts.pop("preset", "default")
+    try:
+        resolved = resolve_config(opts, preset)
+    except (KeyError, ValueError) as e:
+        raise DataError(f"data.world: {e.args[0]}") from None
+    key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(data_cfg.get("path") or Path(data_cfg.get("cache_dir") or ".mmrec_cache") / "worlds" / f"{preset}-{key}")
+    if not (out / "world.json").exists():
+        generate_world(opts, out, preset, workers=2, progress=True)
+    return MultiModalDataset.load(out)

@@ -1,6 +1,6 @@
 """Render item attributes into short, real mp4 trailers (and still images).
 
-Used by the synthetic world (`mmrec.data.world`) and for MovieLens "stand-in" trailers. An item is
+Used by the synthetic world (`mmrec.synthetic.world`) and for MovieLens "stand-in" trailers. An item is
 a few categorical attributes: ``colour``, ``shape``, ``texture`` (visible in any single frame) and
 ``direction``, ``speed`` (visible only ACROSS frames: the shape moves, wrapping around the frame,
 from a random start). A trailer is a row of scenes; a few are *informative* (show the item) and
