@@ -30,8 +30,11 @@ demo: install
 	$(BIN)/mmrec train --config configs/demo_world.yaml
 	$(BIN)/python scripts/demo_summary.py ml100k-text world-demo
 
+# Two workers, one thread each (CI has 2 cores): a test file's tests stay on one worker
+# (--dist loadfile), so module fixtures are built once and the multi-process tests never
+# compete with each other for ports.
 test: install
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) .mmrec_cache runs
