@@ -74,9 +74,12 @@ def register_reader(name: str, source_files: Callable[[dict], list[Path]] | None
 
 
 def reader_of(data_cfg: dict) -> Reader:
-    load_plugins()
+    """The registered reader of `data.source` (plug-ins are loaded only for a name not built in)."""
+    name = data_cfg["source"]
+    if name not in READERS:
+        load_plugins()
     try:
-        return READERS[data_cfg["source"]]
+        return READERS[name]
     except KeyError as e:
         raise DataError(f"data.source: {e.args[0]}") from None
 
