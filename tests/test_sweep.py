@@ -184,7 +184,8 @@ def test_compare_heads_table_means_ratios_and_wins(tmp_path):
     assert table["default"]["ndcg@10_std"] == pytest.approx(np.std([33.0, 18.0], ddof=1))
     assert table["knn_frozen_text"]["ndcg@10_seed1"] == pytest.approx(16.0)
     text = ch.markdown(list(table.values()), [0, 1], "python scripts/compare_heads.py")
-    assert "default / CLCRec NDCG@10: 1.02x on the mean; the default is ahead on 1 of 2 splits" in text
+    assert ("default / CLCRec NDCG@10: 1.02x on the mean of the 2 split(s) both ran on; the default is "
+            "ahead on 1 of them") in text
     assert "default / frozen-text kNN NDCG@10: 1.65x" in text        # 25.5 / 15.5 = 1.645
     assert "tower+logq: +4.50 NDCG@10 points over tower" in text      # 19.5 - 15.0
     assert "| 33.00 | 18.00 |" in text                                 # the default's seeds
