@@ -93,10 +93,14 @@ def cmd_export(args) -> int:
     if args.users:
         p = Path(args.users)
         users = p.read_text().split() if p.exists() else args.users.split(",")
-    out = export(args.run_dir, args.items, args.out, users, args.top_k, user_table=args.user_table)
+    out = export(args.run_dir, args.items, args.out, users, args.top_k, user_table=args.user_table,
+                 save_tower=args.save_tower)
     if _is_main_process():
-        print(f"exported to {out}")
-        print((out / "export_report.json").read_text())
+        if (out / "export_report.json").is_file():
+            print(f"exported to {out}")
+            print((out / "export_report.json").read_text())
+        if args.save_tower:
+            print(f"item tower saved to {args.save_tower} (load it with mmrec.ItemTower.from_pretrained)")
     return 0
 
 
@@ -164,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_train)
     sp = sub.add_parser("transfer", help="train on dataset B starting from a run's item encoder "
                         "(trained on dataset A); `mmrec train --resume` continues it")
-    sp.add_argument("--from", dest="from_run", required=True, metavar="RUN_DIR",
-                    help="finished run on dataset A (its model/model.safetensors)")
+    sp.add_argument("--from", dest="from_run", required=True, metavar="RUN_DIR|TOWER_DIR",
+                    help="finished run on dataset A (its model/model.safetensors), or an item-tower "
+                         "folder saved from one (`mmrec export A --save-tower DIR`: its model.safetensors)")
     sp.add_argument("--config", required=True, help="config for dataset B; fields, encoders and "
                     "model must give the same item tower as the source run's")
     sp.add_argument("--mode", choices=["frozen", "finetune"], required=True,
@@ -184,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "user cold-start run, with a trained run")
     sp.add_argument("run_dir")
     sp.add_argument("--items", help="item table: .parquet/.csv/.tsv or a dataset dir (required for "
-                                    "item-content heads; sasrec/cmclrec: restrict to these ids)")
+                                    "item-content heads unless --save-tower is given; sasrec/cmclrec: "
+                                    "restrict to these ids)")
+    sp.add_argument("--save-tower", metavar="DIR", help="head mmrec: also write the run's item tower as a "
+                    "portable folder (config.json, model.safetensors, tokenizer files, README.md), "
+                    "loadable with mmrec.ItemTower.from_pretrained(DIR) and `mmrec transfer --from DIR`")
     sp.add_argument("--user-table", help="sasrec/cmclrec: brand-new users (user_id + the run's user "
                                          "feature columns) to export as cold users")
     sp.add_argument("--out", help="output folder (default RUN_DIR/export)")

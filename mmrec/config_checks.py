@@ -62,6 +62,8 @@ def check_config(cfg: dict, complete: bool = False) -> None:
     for name, spec in (cfg.get("fields") or {}).items():
         if spec.get("modality") == "features":
             _check_feature_field(name, spec)
+        elif spec.get("modality") == "video":
+            _check_frame_store(name, spec)
     if complete:
         _check_complete(cfg)
 
@@ -234,6 +236,15 @@ def _check_vision_field(name: str, spec: dict, enc: str, enc_spec: dict) -> None
     segments = _int(spec.get("segments"))
     if segments is None or segments < 1:
         raise ConfigError(f"fields.{name}.segments={spec.get('segments')!r} must be a positive integer")
+
+
+def _check_frame_store(name: str, spec: dict) -> None:
+    """preprocessing/frame_store.py: the two store formats and JPEG's quality range."""
+    fmt, q = spec.get("store_format"), spec.get("jpeg_quality")
+    if fmt not in ("npy", "jpeg"):
+        raise ConfigError(f"fields.{name}.store_format={fmt!r} must be 'npy' (raw frames) or 'jpeg' (compressed)")
+    if isinstance(q, bool) or _int(q) is None or not 1 <= _int(q) <= 100:
+        raise ConfigError(f"fields.{name}.jpeg_quality={q!r} must be a whole number from 1 to 100")
 
 
 def _bert_scratch_sizes(enc: str, spec: dict) -> dict | None:

@@ -12,6 +12,11 @@ model and writes to the output folder (default RUN/export):
   export_report.json       counts: items read, exported, skipped (no content) with their ids
 
 Row r of every item file is the same item: the input table's order, minus the skipped items.
+Relative trailer / image paths are read from the table's folder (a canonical dataset directory:
+its recorded root). The encoding is `mmrec.tower.encode_table`, which `mmrec.ItemTower.encode`
+runs too (one code path; docs/api.md). `--save-tower DIR` (head `mmrec`) also writes the run's
+item tower as a portable folder (`ItemTower.save_pretrained`: config.json, model.safetensors,
+tokenizer files, README.md), alone when no --items is given.
 Score an item for a user as u . v. With a video field the item file is [N, S, D], one vector per
 evaluation segment, and the score is max_s u . v_s (KDD'24 Eq. 4):
 `(np.einsum("d,nsd->ns", u, V)).max(axis=1)`; `mmrec.evaluation.evaluator.DotScorer` does this.
@@ -78,13 +83,11 @@ import pandas as pd
 import torch
 
 from mmrec.config import load_config
-from mmrec.data.content import collate_items
-from mmrec.data.pipeline import build_content
 from mmrec.data.split import CSR
-from mmrec.data.csv_rows import read_keyed_csv
-from mmrec.data.tables import DataError, MultiModalDataset, read_parquet_table
+from mmrec.data.tables import DataError
 from mmrec.evaluation.evaluator import DotScorer, ragged_rows
 from mmrec.models import UserColdStartHead, head_class, load_run
+from mmrec.tower import ItemTower, encode_table, read_table, read_table_with_root
 from preprocessing.files import stale_tmp, storage_failure
 
 
@@ -151,37 +154,8 @@ def export_folder(out: str | Path):
 
 
 def read_items(path: str | Path) -> pd.DataFrame:
-    return _read_table(path, "item")
-
-
-def _read_table(path: str | Path, kind: str) -> pd.DataFrame:
-    """An item (or user) table with a unique `<kind>_id` column, ids as strings."""
-    path, key = Path(path), f"{kind}_id"
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        ds = MultiModalDataset.load(path)
-        if kind == "item":
-            return ds.items
-        if ds.users is None:
-            raise DataError(f"{path}: the dataset has no users table")
-        df = ds.users.copy()
-    elif path.suffix == ".parquet":
-        df = read_parquet_table(path)
-    elif path.suffix in (".csv", ".tsv"):   # bad rows are a DataError naming the line (csv_rows)
-        df = read_keyed_csv(path, key, "\t" if path.suffix == ".tsv" else ",")
-    else:
-        raise DataError(f"{path}: {kind} table must be .parquet, .csv, .tsv or a processed dataset directory")
-    if key not in df.columns:
-        raise DataError(f"{path}: missing column '{key}' (columns: {list(df.columns)})")
-    # (CSV rows were checked line by line in read_keyed_csv; here Parquet and dataset tables)
-    empty = (df[key].isna() | (df[key].astype(object).where(df[key].notna(), "").astype(str).str.strip() == "")).to_numpy()
-    df[key] = df[key].astype(str)
-    dup = df[key].duplicated().to_numpy() & ~empty
-    if empty.any() or dup.any():   # the earliest bad row, counted from 1
-        r = int(np.flatnonzero(empty | dup)[0])
-        raise DataError(f"{path} row {r + 1}: " + (f"empty {key}" if empty[r] else f"duplicate {key} {df[key].iloc[r]!r}"))
-    return df
+    """The item table of `--items` (`mmrec.tower.read_table`, which `ItemTower.encode` reads with)."""
+    return read_table(path, "item")
 
 
 def _run_head(run_dir: str | Path, overrides: list[str] | None = None):
@@ -192,62 +166,89 @@ def _run_head(run_dir: str | Path, overrides: list[str] | None = None):
 @torch.no_grad()
 def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: str | Path | None = None,
            users: list[str] | None = None, top_k: int = 0, batch_size: int | None = None,
-           user_table: str | Path | None = None) -> Path:
+           user_table: str | Path | None = None, save_tower: str | Path | None = None) -> Path:
     """Works on one or many processes (`accelerate launch -m mmrec export ...`): the items are
     encoded in batch-aligned blocks per process and gathered once; the main process writes.
-    Runs of the user cold-start heads go to `export_user_cold_start` (see the module docstring)."""
+    Runs of the user cold-start heads go to `export_user_cold_start` (see the module docstring).
+    `save_tower`: also (or, without `items_path`, only) write the run's item tower folder there
+    (`mmrec.tower.ItemTower.save_pretrained`). Returns the export folder, or the tower folder
+    when nothing else was exported."""
     head = _run_head(run_dir)
     if head is not None and issubclass(head, UserColdStartHead):
+        if save_tower is not None:
+            raise DataError(f"--save-tower: head '{head.name}' has no content item tower (its items are "
+                            f"rows of an ID embedding table); only head mmrec runs have one")
         return export_user_cold_start(head, run_dir, items_path, out_dir, users, top_k, user_table)
-    if items_path is None:
-        raise DataError("--items: the item table to embed (from its content) is required for this run's head")
+    if items_path is None and save_tower is None:
+        raise DataError("--items: the item table to embed (from its content) is required for this run's head "
+                        "(or --save-tower DIR alone, to write the item tower)")
     if user_table is not None:
         raise DataError("--user-table: only the user cold-start heads (sasrec, cmclrec) embed new users")
-    from mmrec.evaluation.ranking import encode_items, user_vectors
+    from mmrec.evaluation.ranking import user_vectors
     from mmrec.distributed import make_accelerator
     acc = make_accelerator()
     cfg, split, model = load_run(run_dir)
     batch_size = int(batch_size or cfg["eval"]["item_batch_size"])   # video items are heavy: the run's size
+    tower = ItemTower.from_loaded(run_dir, cfg, model, device="cpu") if save_tower is not None else None
     model.to(acc.device)
+    if items_path is None:
+        _save_tower(acc, tower, Path(save_tower))
+        return Path(save_tower)
     out = Path(out_dir or Path(run_dir) / "export")
     check_out(out)
-    items = read_items(items_path)
-    empty = pd.DataFrame({"user_id": [], "item_id": [], "rating": [], "timestamp": []})
-    ds = MultiModalDataset("export", items, empty, root=Path(items_path).parent)
-    with acc.main_process_first():
-        content = build_content(cfg, ds)
-    keep = np.stack([c.present for c in content.values()], axis=1).any(axis=1)
-    rows = np.flatnonzero(keep)
-    V, W = encode_items(model, None, rows, batch_size, acc.device, acc.autocast,
-                        collate=lambda r, mode: collate_items(content, r, mode), with_weights=True)
-    if len(rows) == 0:
-        V = torch.zeros(0, int(cfg["model"]["dim"]))
+    items, root = read_table_with_root(items_path, "item")   # root: of relative trailer paths
+    enc = encode_table(model, cfg, items, root, batch_size, acc.device, acc.autocast,
+                       main_first=acc.main_process_first, field_names=_field_names(model))
+    V = torch.from_numpy(enc.vectors)
     U = user_vectors(model, split.n_users, acc.device)
     def write(f):   # on the main process, into the temporary folder
-        ids = items["item_id"].to_numpy()[rows]
-        np.save(f("item_embeddings.npy"), V.numpy())
+        ids = enc.ids
+        np.save(f("item_embeddings.npy"), enc.vectors)
         f("item_ids.txt").write_text("".join(f"{i}\n" for i in ids))
         pd.DataFrame({"item_id": ids, "embedding": list(V.flatten(1).numpy())}).to_parquet(
             f("item_embeddings.parquet"), index=False)
         np.save(f("user_embeddings.npy"), U.numpy())
-        if W is not None:   # adaptive fusion: which field mattered for each item
-            w = W.mean(1) if W.dim() == 3 else W          # segments: their mean weight
-            table = pd.DataFrame(w.numpy(), columns=list(model.item_encoder.field_names))
+        if enc.weights is not None:   # adaptive fusion: which field mattered for each item
+            w = enc.weights.mean(1) if enc.weights.ndim == 3 else enc.weights   # segments: their mean weight
+            table = pd.DataFrame(w, columns=enc.field_names)
             table.insert(0, "item_id", ids)
             table.to_csv(f("fusion_weights.csv"), index=False)
         f("user_ids.txt").write_text("".join(f"{u}\n" for u in split.user_ids))
-        report = {"run": str(run_dir), "items_file": str(items_path), "items_read": int(len(items)),
-                  "items_exported": int(len(rows)), "items_skipped_no_content": int((~keep).sum()),
-                  "skipped_item_ids": [str(i) for i in items["item_id"][~keep]],
-                  "blank_lines_dropped": list(items.attrs.get("empty_rows", [])),   # CSV/TSV lines
-                  "fields": {n: c.report for n, c in content.items() if c.report},
-                  "embedding_shape": list(V.shape),
+        r = enc.report
+        report = {"run": str(run_dir), "items_file": str(items_path), "items_read": r["items_read"],
+                  "items_exported": r["items_encoded"], "items_skipped_no_content": r["items_skipped_no_content"],
+                  "skipped_item_ids": r["skipped_item_ids"],
+                  "blank_lines_dropped": r["blank_lines_dropped"],   # CSV/TSV lines
+                  "fields": r["fields"],
+                  "embedding_shape": r["embedding_shape"],
                   "processes": acc.num_processes}
         if top_k:
             report["topk"] = write_topk(f("topk.parquet"), U, V, split.user_ids, ids, users, int(top_k))
+        if save_tower is not None:
+            report["tower"] = str(save_tower)
         f("export_report.json").write_text(json.dumps(report, indent=1))
     write_export(acc, out, write)
+    if tower is not None:
+        _save_tower(acc, tower, Path(save_tower))
     return out
+
+
+def _field_names(model) -> list[str]:
+    tower = model.item_tower()
+    return list(tower.field_names) if tower is not None else []
+
+
+def _save_tower(acc, tower, path: Path) -> None:
+    """The tower folder, written by the main process (atomically); a failure raised on every one."""
+    from mmrec.training.checkpoint import fail_together
+    error = None
+    if acc.is_main_process:
+        try:
+            tower.save_pretrained(path)
+        except Exception as e:   # noqa: BLE001 - raised on every process below
+            error = e
+    fail_together(acc, error, path, None)
+    acc.wait_for_everyone()
 
 
 def write_topk(path: Path, U: torch.Tensor, V: torch.Tensor, user_ids: np.ndarray,
@@ -370,7 +371,7 @@ def export_user_cold_start(head, run_dir, items_path=None, out_dir=None, users: 
     skipped: dict[str, list[str]] = {}
     users_report: dict = {"run_users": int(split.n_users)}
     if user_table is not None:
-        table = _read_table(user_table, "user")
+        table = read_table(user_table, "user")
         ids = table["user_id"].to_numpy(dtype=str)
         clash = np.isin(ids, user_ids)
         skipped["already_a_run_user"] = [str(i) for i in ids[clash]]

@@ -1,7 +1,9 @@
 """Transfer of a trained item tower from one dataset to another (KDD'24 Sec. 6.5, Table 9).
 
 A run trained on dataset A holds its content encoders and fusion under `item_encoder.*` in
-model/model.safetensors. A run on dataset B with `transfer.from_run: A` starts its item tower
+model/model.safetensors; a tower folder saved from it (`mmrec export A --save-tower DIR`,
+`mmrec.ItemTower.save_pretrained`) holds the same tensors without the prefix in its
+model.safetensors, and is a transfer source too (`transfer.from_run: DIR`, `--from DIR`). A run on dataset B with `transfer.from_run: A` starts its item tower
 from those weights; B's users are all new, so B's user embeddings start fresh. Two modes:
 
 - frozen (`transfer.freeze_item_encoder: true`): every `item_encoder.*` parameter has
@@ -15,13 +17,13 @@ run like any other (the weights then come from the run's own checkpoint, not fro
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from mmrec.config import ConfigError
-from mmrec.runs import ITEM_ENCODER_PREFIX as PREFIX, saved_config, source_item_state
+from mmrec.runs import (ITEM_ENCODER_PREFIX as PREFIX, is_run_dir, is_tower_dir, read_tower_config,
+                        source_info, source_item_state)
 
 
 
@@ -69,11 +71,11 @@ def apply_transfer(model: torch.nn.Module, cfg: dict, load: bool = True) -> dict
         model.item_tower().requires_grad_(False)
     n_enc = sum(p.numel() for p in model.item_tower().parameters())
     n_train = sum(p.numel() for p in model.item_tower().parameters() if p.requires_grad)
-    a_cfg = saved_config(src)
-    info = src / "model" / "info.json"
+    info = source_info(src)
     return {"from_run": str(src), "mode": "frozen" if freeze else "finetune",
-            "source_data": (a_cfg.get("data") or {}).get("source"), "source_seed": a_cfg.get("seed"),
-            "source_best_epoch": json.loads(info.read_text()).get("epoch") if info.exists() else None,
+            "source_kind": info["source_kind"],   # run | tower (a folder of `mmrec export --save-tower`)
+            "source_data": info["source_data"], "source_seed": info["source_seed"],
+            "source_best_epoch": info["source_best_epoch"],
             "tensors_loaded": loaded,   # None: resumed, the weights came from the run's checkpoint
             "item_encoder_params": n_enc, "item_encoder_trainable_params": n_train,
             "item_encoder_lr_scale": None if freeze else (cfg["train"].get("lr_scale") or {}).get("item_encoder", 1.0)}
@@ -88,8 +90,11 @@ def frozen_eval(model: torch.nn.Module, cfg: dict) -> None:
 
 def transfer_overrides(from_run: str, mode: str, encoder_lr_scale: float | None) -> list[str]:
     """The config keys `mmrec transfer` sets on top of the user's overrides."""
-    if not (Path(from_run) / "config.yaml").exists():
-        raise ConfigError(f"--from {from_run}: no config.yaml there; not a run directory")
+    if is_tower_dir(from_run):
+        read_tower_config(from_run)   # a foreign or damaged folder: one error naming its config.json
+    elif not is_run_dir(from_run):
+        raise ConfigError(f"--from {from_run}: neither a run directory (no config.yaml) nor an item-tower "
+                          f"folder (no config.json; `mmrec export RUN --save-tower DIR` writes one)")
     if mode == "frozen" and encoder_lr_scale is not None:
         raise ConfigError("--encoder-lr-scale only applies to --mode finetune (a frozen encoder does not learn)")
     out = [f"transfer.from_run={from_run}", f"transfer.freeze_item_encoder={str(mode == 'frozen').lower()}"]

