@@ -1,7 +1,6 @@
 """A non-editable install into a fresh virtual environment works from any directory: the wheel
-carries the configs (package data)
-and the plug-in entry point, and `mmrec train` on the tiny config completes from a folder that
-is not the checkout."""
+carries the configs (package data) and the plug-in entry point, and its `mmrec train` on the tiny
+config completes from a folder that is not the checkout."""
 from __future__ import annotations
 
 import json
