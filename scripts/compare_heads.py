@@ -126,8 +126,14 @@ def main(argv=None) -> str:
                 same_split(done)
     labels = {**dict(BASELINES), **{c[0]: c[1] for c in chosen}}
     table = rows(collect(out, args.seeds, [c[0] for c in chosen]), args.seeds, labels)
-    command = shlex.join(["python", "scripts/compare_heads.py", *(argv if argv is not None else sys.argv[1:])])
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--collect-only"]
+    command = shlex.join(["python", "scripts/compare_heads.py", *given])
     text = markdown(table, args.seeds)
+    if args.collect_only:
+        missing = [c[0] for c in chosen if any(not (out / c[0] / f"seed-{s}" / "metrics.json").exists()
+                                               for s in args.seeds)]
+        text += (f"\nCollected from the finished runs (`--collect-only`); not finished yet: "
+                 f"{', '.join(missing) or 'none'} (the command resumes them).\n")
     md, _ = runner.write_results(args.results, "# MovieLens-100k cold items\n\n" + text,
                                  runner.csv_table(table, args.seeds, METRICS), command, "scripts/compare_heads.py")
     print(md.read_text())
