@@ -159,17 +159,26 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     mid-write."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
+    with reported_write(path, tmp):
         tmp.write_text(text)
         os.replace(tmp, path)
+    return path
+
+
+@contextmanager
+def reported_write(path: str | os.PathLike, tmp: str | os.PathLike):
+    """Around writing `tmp` and moving it onto `path`: a storage failure (a full disk, no
+    permission) is raised as one StorageError naming the file; the temporary is removed in any
+    case (after a successful move it is already gone)."""
+    try:
+        yield
     except Exception as e:
         failure = storage_failure(e, path, where=tmp)
         if failure is e:
             raise
         raise failure from e
     finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        Path(tmp).unlink(missing_ok=True)
 
 
 def pid_alive(pid: int) -> bool:

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from preprocessing.files import stale_tmp, storage_failure, write_text_atomic
+from preprocessing.files import reported_write, stale_tmp, storage_failure, write_text_atomic
 from preprocessing.progress import progress as progress_bar
 from preprocessing.video import MISSING, REASONS, TrailerError, read_trailer
 
@@ -384,7 +384,7 @@ def _init_root(root: Path, params: dict) -> None:
     if not path.exists():
         root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-        try:
+        with reported_write(path, tmp):
             tmp.write_text(json.dumps(params, indent=1, ensure_ascii=False) + "\n")
             try:
                 os.link(tmp, path)
@@ -394,13 +394,6 @@ def _init_root(root: Path, params: dict) -> None:
                 if e.errno not in _NO_LINKS:
                     raise
                 os.replace(tmp, path)
-        except Exception as e:
-            failure = storage_failure(e, path, where=tmp)
-            if failure is e:
-                raise
-            raise failure from e
-        finally:
-            tmp.unlink(missing_ok=True)
     old = _read_json(path, what="frame store parameters")
     if old.get("format") != params["format"]:
         had, want = format_name(old.get("format")), format_name(params["format"])
