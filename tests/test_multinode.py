@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.test_distributed import ACCELERATE, CPU2, ROOT, _tiny, env, free_port, launch
+from tests.launching import ACCELERATE, CPU2, ROOT, _tiny, env, free_port, launch
 
 pytestmark = pytest.mark.slow
 TWO_MACHINES = str(ROOT / "configs" / "accelerate" / "cpu_2machines_localhost.yaml")
