@@ -17,11 +17,15 @@ from importlib.metadata import entry_points as _entry_points
 ENTRY_POINT_GROUP = "mmrec.plugins"
 
 _loaded: set[str] = set()
+_entry_point_names: list[str] | None = None   # read from the installed metadata once per process
 
 
 def load_plugins(modules: list[str] | tuple[str, ...] = (), entry_points: bool = True) -> None:
     """Import every entry-point plug-in once (unless entry_points=False), then `modules`."""
-    names = ([ep.value for ep in _entry_points(group=ENTRY_POINT_GROUP)] if entry_points else []) + list(modules)
+    global _entry_point_names
+    if entry_points and _entry_point_names is None:
+        _entry_point_names = [ep.value for ep in _entry_points(group=ENTRY_POINT_GROUP)]
+    names = (list(_entry_point_names) if entry_points else []) + list(modules)
     for name in names:
         if name not in _loaded:
             _loaded.add(name)
