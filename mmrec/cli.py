@@ -40,20 +40,33 @@ def cmd_preprocess(args) -> int:
                                               write_preprocess_output)
     from mmrec.data.tables import DataError
     cfg = _config(args)
-    prepared = prepare(cfg)
-    for line in prepared.report["dataset"]:
-        print(line)
-    print("fields present:", prepared.report["fields_present"])
-    print("split:", json.dumps(prepared.split.stats))
+    # Under `accelerate launch` (any number of nodes) every rank decodes its share of the
+    # trailers into the shared frame store; rank 0 merges it, prints and writes --out.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched:
+        from mmrec.distributed import join_cpu_processes
+        join_cpu_processes()
+    from mmrec.distributed import run_on_main
+    prepared = prepare(cfg, across_processes=launched)
+    main = _is_main_process()
+    if main:
+        for line in prepared.report["dataset"]:
+            print(line)
+        print("fields present:", prepared.report["fields_present"])
+        print("split:", json.dumps(prepared.split.stats))
     report = preprocess_report(prepared, cfg["fields"])
-    for line in summary_lines(report):
-        print(line)
+    if main:
+        for line in summary_lines(report):
+            print(line)
     if args.out:
-        try:   # atomically: a killed preprocess leaves --out as it was; a re-run finishes it
-            write_preprocess_output(prepared, args.out, report)
-        except FileExistsError as e:
-            raise DataError(f"--out: {e}") from None
-        print(f"canonical dataset and {REPORT_FILE} written to {args.out}")
+        def write():   # atomically: a killed preprocess leaves --out as it was; a re-run finishes it
+            try:
+                write_preprocess_output(prepared, args.out, report)
+            except FileExistsError as e:
+                raise DataError(f"--out: {e}") from None
+        run_on_main(write)
+        if main:
+            print(f"canonical dataset and {REPORT_FILE} written to {args.out}")
     return 0
 
 

