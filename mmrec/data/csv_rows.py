@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from mmrec.data.tables import DataError
+from mmrec.data.tables import DataError, release_arrow_memory
 
 LINE_BREAK = r"\r\n|\r|\n"
 _LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
@@ -45,14 +45,55 @@ def show(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 5] + "...'" + f" ({len(str(value))} chars)"
 
 
+def is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+class Lines:
+    """The physical lines first, first + 1, ... of n rows (a file with no line break inside a
+    field), indexed like the int64 array it stands for, without holding it (200 MB at 25M rows)."""
+
+    def __init__(self, first: int, n: int):
+        self.first, self.n = int(first), int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (self.n if key < 0 else 0)
+            if not 0 <= k < self.n:
+                raise IndexError(f"row {key} out of range for {self.n} rows")
+            return np.int64(self.first + k)
+        if isinstance(key, slice):
+            return np.arange(self.first, self.first + self.n, dtype=np.int64)[key]
+        key = np.asarray(key)
+        if key.dtype == bool:
+            if len(key) != self.n:
+                raise IndexError(f"mask of {len(key)} for {self.n} rows")
+            return np.flatnonzero(key).astype(np.int64) + self.first
+        key = key.astype(np.int64)
+        if len(key) and (key.max() >= self.n or key.min() < -self.n):
+            raise IndexError(f"row index out of range for {self.n} rows")
+        return np.where(key < 0, key + self.n, key) + self.first
+
+    def __array__(self, dtype=None, copy=None):
+        return np.arange(self.first, self.first + self.n, dtype=dtype or np.int64)
+
+    def tolist(self) -> list[int]:
+        return list(range(self.first, self.first + self.n))
+
+
 @dataclass
 class CsvRows:
     path: Path
     columns: list[str]        # the header's names, surrounding whitespace stripped
     table: pa.Table           # rows with as many fields as the header; every column a string
-    line: np.ndarray          # int64 [table rows]: the physical line each row starts on
+    line: np.ndarray | Lines  # int64 [table rows]: the physical line each row starts on
     bad_line: np.ndarray      # int64: lines of the rows with another number of fields
     bad_fields: np.ndarray    # int64: how many fields those rows have
+    sep: str = ","
+    quoting: bool = True
 
     @property
     def rows_in(self) -> int:
@@ -60,14 +101,27 @@ class CsvRows:
         return self.table.num_rows + len(self.bad_line)
 
     def text(self, name: str, strip: bool = False) -> pa.ChunkedArray:
+        """The column as read: strings, or numbers for a column read as `numeric`."""
         col = self.table.column(self.columns.index(name))
         return pc.utf8_trim_whitespace(col) if strip else col
+
+    @property
+    def numeric(self) -> bool:
+        return any(not is_text(t) for t in self.table.schema.types)
+
+    def as_strings(self) -> "CsvRows":
+        """The file, as read (before any `take`), with every column as strings (values as written)."""
+        rows = read_csv_rows(self.path, self.sep, self.quoting)
+        return CsvRows(rows.path, self.columns, rows.table.rename_columns(self.columns), rows.line,
+                       rows.bad_line, rows.bad_fields, self.sep, self.quoting)
 
     def strings(self, name: str, strip: bool = False) -> np.ndarray:
         return np.asarray(self.text(name, strip).to_numpy(zero_copy_only=False), dtype=object)
 
     def empty_rows(self) -> np.ndarray:
         """Rows whose every field is empty (blank lines, or separators only)."""
+        if self.numeric:    # a number is never empty, so no row is
+            return np.zeros(self.table.num_rows, dtype=bool)
         empty = np.ones(self.table.num_rows, dtype=bool)
         for col in self.table.columns:
             empty &= pc.binary_length(col).to_numpy(zero_copy_only=False) == 0
@@ -76,7 +130,7 @@ class CsvRows:
     def take(self, keep: np.ndarray) -> "CsvRows":
         idx = pa.array(np.flatnonzero(keep))
         return CsvRows(self.path, self.columns, self.table.take(idx), self.line[keep], self.bad_line,
-                       self.bad_fields)
+                       self.bad_fields, self.sep, self.quoting)
 
     def renamed(self, rename) -> "CsvRows":
         """The same rows with columns renamed by `rename(name)`; a name given twice is an error."""
@@ -85,13 +139,21 @@ class CsvRows:
         if dups:
             raise DataError(f"{self.path} line 1: duplicate column name(s) {dups} in the header")
         return CsvRows(self.path, names, self.table.rename_columns(names), self.line, self.bad_line,
-                       self.bad_fields)
+                       self.bad_fields, self.sep, self.quoting)
 
     def bad_rows_message(self, i: int = 0) -> str:
         return f"{self.bad_fields[i]} fields, the header has {len(self.columns)}"
 
 
-def read_csv_rows(path: str | Path, sep: str = ",", quoting: bool = True) -> CsvRows:
+class _NotNumeric(Exception):
+    """A column read as numbers holds a value that is not one: read it as strings instead."""
+
+
+def read_csv_rows(path: str | Path, sep: str = ",", quoting: bool = True,
+                  numeric: dict[str, pa.DataType] | None = None) -> CsvRows:
+    """`numeric`: columns to parse as numbers in the same pass (the 25M-row ratings file: no
+    string copy of them is ever made) when every value of them is one; any other value and
+    the whole file is read as strings, so the caller's row checks name it as written."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -103,9 +165,20 @@ def read_csv_rows(path: str | Path, sep: str = ",", quoting: bool = True) -> Csv
     if dups:
         raise DataError(f"{path} line 1: duplicate column name(s) {dups} in the header")
     size = path.stat().st_size
-    has_quote = quoting and _find(path, b'"')
-    table, invalid = _arrow_read(path, raw_names, sep, quoting, has_quote, size)
-    if table.column_names != list(raw_names) or any(t != pa.string() for t in table.schema.types):
+    # Only a quote after the header can open a field holding line breaks (a writer may quote
+    # every header name, as pyarrow's does).
+    has_quote = quoting and _find(path, b'"', _line_offset(path, header_lines + 1))
+    types = {n: pa.string() for n in raw_names}
+    wanted = {raw: numeric[name] for raw, name in zip(raw_names, names) if numeric and name in numeric}
+    try:   # with numbers, the strings as large_string: what pandas holds, so it takes them uncopied
+        table, invalid = _arrow_read(path, raw_names, sep, quoting, has_quote, size,
+                                     {**{n: pa.large_string() for n in raw_names}, **wanted})
+    except _NotNumeric:
+        wanted = {}
+        table, invalid = _arrow_read(path, raw_names, sep, quoting, has_quote, size, types)
+    release_arrow_memory()   # the parser's scratch blocks, before the checks allocate
+    if table.column_names != list(raw_names) or any(
+            not is_text(t) and t != wanted.get(n) for n, t in zip(raw_names, table.schema.types)):
         raise DataError(f"{path} line 1: cannot parse the header (read {table.column_names}, "
                         f"expected {list(raw_names)})")
     table = table.rename_columns(names)
@@ -115,12 +188,13 @@ def read_csv_rows(path: str | Path, sep: str = ",", quoting: bool = True) -> Csv
     bad_fields = np.array([n for _, n, _ in invalid], dtype=np.int64)
     first = header_lines + 1
     if not has_quote:    # no field can hold a line break: row k starts on line first + k
-        start = np.arange(first, first + n_valid + n_bad, dtype=np.int64)
+        start = Lines(first, n_valid + n_bad)
     else:
         spans = np.ones(n_valid + n_bad, dtype=np.int64)
         valid_spans = np.ones(n_valid, dtype=np.int64)
-        for col in table.columns:
-            valid_spans += pc.count_substring_regex(col, LINE_BREAK).to_numpy(zero_copy_only=False)
+        for col in table.columns:   # the regex count only for a column that holds a line break
+            if is_text(col.type) and any(pc.any(pc.match_substring(col, b)).as_py() for b in "\n\r"):
+                valid_spans += pc.count_substring_regex(col, LINE_BREAK).to_numpy(zero_copy_only=False)
         valid = np.ones(n_valid + n_bad, dtype=bool)
         valid[bad_index] = False
         spans[valid] = valid_spans
@@ -133,8 +207,8 @@ def read_csv_rows(path: str | Path, sep: str = ",", quoting: bool = True) -> Csv
     if n_bad:
         keep = np.ones(n_valid + n_bad, dtype=bool)
         keep[bad_index] = False
-        return CsvRows(path, names, table, start[keep], start[bad_index], bad_fields)
-    return CsvRows(path, names, table, start, start[bad_index], bad_fields)
+        return CsvRows(path, names, table, start[keep], start[bad_index], bad_fields, sep, quoting)
+    return CsvRows(path, names, table, start, start[bad_index], bad_fields, sep, quoting)
 
 
 def _unclosed_quote(path: Path, line: int) -> DataError:
@@ -172,11 +246,11 @@ def _not_utf8(path: Path, offset: int, data) -> DataError:
                      f"{offset}); the file must be UTF-8 encoded")
 
 
-def _find(path: Path, needle: bytes) -> bool:
-    if path.stat().st_size == 0:
+def _find(path: Path, needle: bytes, start: int = 0) -> bool:
+    if path.stat().st_size <= start:
         return False
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        return m.find(needle) >= 0
+        return m.find(needle, start) >= 0
 
 
 def _line_offset(path: Path, line: int) -> int:
@@ -250,7 +324,7 @@ def _quiet_handler_decode_errors():
 
 
 def _arrow_read(path: Path, raw_names: list[str], sep: str, quoting: bool, has_quote: bool,
-                size: int) -> tuple[pa.Table, list[tuple[int, int, str]]]:
+                size: int, types: dict) -> tuple[pa.Table, list[tuple[int, int, str]]]:
     block, threads = _BLOCK_BYTES, True
     while True:
         invalid: list[tuple[int | None, int, str]] = []
@@ -268,10 +342,12 @@ def _arrow_read(path: Path, raw_names: list[str], sep: str, quoting: bool, has_q
                         escape_char=False, newlines_in_values=has_quote, ignore_empty_lines=False,
                         invalid_row_handler=handler),
                     convert_options=pacsv.ConvertOptions(
-                        column_types={n: pa.string() for n in raw_names}, strings_can_be_null=False,
+                        column_types=types, strings_can_be_null=False, null_values=[],
                         quoted_strings_can_be_null=False))
         except pa.ArrowInvalid as e:
             msg = str(e)
+            if "conversion error" in msg and not all(is_text(t) for t in types.values()):
+                raise _NotNumeric() from None
             if "straddl" in msg and block < _MAX_BLOCK_BYTES:     # a row longer than a block
                 block = min(_MAX_BLOCK_BYTES, max(block * 8, size + 1))
                 continue

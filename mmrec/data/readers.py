@@ -23,6 +23,7 @@ as a float, the timestamp as an integer. rows in = rows out + reported skips, ch
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmrec import assets
-from mmrec.data.csv_rows import CsvRows, read_csv_rows, show
-from mmrec.data.tables import MAX_TIMESTAMP, DataError, MultiModalDataset, TableCount
+from mmrec.data.csv_rows import CsvRows, is_text, read_csv_rows, show
+from mmrec.data.tables import (MAX_TIMESTAMP, DataError, MultiModalDataset, TableCount, digit_ints, id_codes,
+                               isin, release_arrow_memory)
 from mmrec.plugins import load_plugins
 from mmrec.registry import Registry
 
@@ -112,12 +114,31 @@ def _np(a) -> np.ndarray:
     return a.to_numpy(zero_copy_only=False)
 
 
+def _is_strings(raw) -> bool:
+    return isinstance(raw, (pa.Array, pa.ChunkedArray)) and is_text(raw.type)
+
+
+def _is_integers(raw) -> bool:
+    if isinstance(raw, (pa.Array, pa.ChunkedArray)):
+        return pa.types.is_integer(raw.type) and raw.null_count == 0
+    return pd.api.types.is_integer_dtype(raw)
+
+
+def _numbers(raw) -> np.ndarray:
+    """A numeric arrow or pandas column as float64, NaN where a value is missing."""
+    if isinstance(raw, (pa.Array, pa.ChunkedArray)):
+        return np.asarray(_np(pc.fill_null(pc.cast(raw, pa.float64()), np.nan)), dtype=np.float64)
+    return raw.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _all(mask) -> bool:
+    return len(mask) == 0 or bool(pc.all(pc.fill_null(mask, False)).as_py())
+
+
 def _text(raw) -> pa.Array | None:
-    """A column as whitespace-stripped arrow strings; None for a numeric pandas column."""
-    if isinstance(raw, pa.ChunkedArray):
-        raw = raw.combine_chunks()
-    if isinstance(raw, pa.Array):
-        return pc.utf8_trim_whitespace(raw)
+    """A column as whitespace-stripped arrow strings; None for a numeric one (pandas or arrow)."""
+    if isinstance(raw, (pa.Array, pa.ChunkedArray)):
+        return pc.utf8_trim_whitespace(raw) if is_text(raw.type) else None
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         return None
     strings = raw.astype(object).where(raw.notna(), "").astype(str)
@@ -130,6 +151,8 @@ def _parse_floats(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         return _np(pc.cast(s, pa.float64())), np.ones(len(s), dtype=bool)
     except pa.ArrowInvalid:
         pass
+    if isinstance(s, pa.ChunkedArray):
+        s = s.combine_chunks()
     ok = _np(pc.match_substring_regex(s, _NUMBER))
     try:
         values = _np(pc.cast(pc.if_else(pa.array(ok), s, "nan"), pa.float64()))
@@ -147,6 +170,8 @@ def _parse_floats(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def check_ids(raw) -> tuple[pa.Array, list[tuple[np.ndarray, str]]]:
     """MovieLens ids: non-negative integers, kept as the strings they are written as."""
+    if _is_strings(raw) and _all(pc.ascii_is_decimal(raw)):
+        return raw, []      # the usual file: digits only, nothing to strip (and no copy made)
     s = _text(raw)
     if s is not None:
         empty = _np(pc.binary_length(s)) == 0
@@ -165,13 +190,24 @@ def check_ids(raw) -> tuple[pa.Array, list[tuple[np.ndarray, str]]]:
 
 def check_ratings(raw) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
     """A finite, non-negative number."""
+    if _is_strings(raw):
+        try:        # the usual file: every value a number as written (no strip, no copy)
+            v = _np(pc.cast(raw, pa.float64()))
+        except pa.ArrowInvalid:
+            pass
+        else:
+            finite = np.isfinite(v)
+            return v, [(~finite, "is not a finite number"), (finite & (v < 0), "is negative")]
     s = _text(raw)
     if s is not None:
         empty = _np(pc.binary_length(s)) == 0
         v, parsed = _parse_floats(s)
         not_number = ~empty & ~parsed
+    elif isinstance(raw, (pa.Array, pa.ChunkedArray)) and pa.types.is_floating(raw.type) and not raw.null_count:
+        # read as numbers (the 25M-row file): checked in arrow, no numpy copy of the column
+        return raw, [(~_np(pc.is_finite(raw)), "is not a finite number"), (_np(pc.less(raw, 0)), "is negative")]
     else:
-        v = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        v = _numbers(raw)
         empty, parsed, not_number = np.isnan(v), ~np.isnan(v), np.zeros(len(v), bool)
     finite = np.isfinite(v)
     return v, [(empty, "is empty"), (not_number, "is not a number"),
@@ -180,20 +216,23 @@ def check_ratings(raw) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
 
 def check_timestamps(raw) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
     """A whole number of seconds, |t| < 1e15."""
-    s = _text(raw)
     n = len(raw)
+    if _is_strings(raw) and n and _all(pc.ascii_is_decimal(raw)) \
+            and pc.max(pc.binary_length(raw)).as_py() <= 15:     # the usual file: plain integers
+        return _np(pc.cast(raw, pa.int64())), []
+    s = _text(raw)
     if s is not None:
         empty = _np(pc.binary_length(s)) == 0
-        if n and bool(pc.all(pc.fill_null(pc.ascii_is_decimal(s), False)).as_py()) \
-                and pc.max(pc.binary_length(s)).as_py() <= 15:     # the usual file: plain integers
-            return _np(pc.cast(s, pa.int64())), []
         v, parsed = _parse_floats(s)
         not_number = ~empty & ~parsed
-    elif pd.api.types.is_integer_dtype(raw):
+    elif _is_integers(raw):
+        if isinstance(raw, (pa.Array, pa.ChunkedArray)):   # read as numbers: checked in arrow
+            far = pc.or_(pc.greater_equal(raw, MAX_TIMESTAMP), pc.less_equal(raw, -MAX_TIMESTAMP))
+            return pc.cast(raw, pa.int64()), [(_np(far), "is out of range (|t| >= 1e15 s)")]
         v = raw.to_numpy()
         return v.astype(np.int64), [(np.abs(v) >= MAX_TIMESTAMP, "is out of range (|t| >= 1e15 s)")]
     else:
-        v = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        v = _numbers(raw)
         empty, parsed, not_number = np.isnan(v), ~np.isnan(v), np.zeros(n, bool)
     finite = np.isfinite(v)
     with np.errstate(invalid="ignore"):
@@ -290,62 +329,117 @@ def parse_ratings(df, path: Path, columns: dict[str, str], known_items: pd.Serie
         raw = get(columns[canon])
         values[canon], whats = check(raw)
         checks += _value_checks(columns[canon], raw, whats, empty)
+    if isinstance(df, CsvRows) and df.numeric and any(mask.any() for _, mask, _ in checks):
+        # a bad value in a column read as numbers: its message names the value as written
+        return parse_ratings(df.as_strings(), path, columns, known_items, on_bad_row, header_lines)
     bad = reject_or_skip(path, count, on_bad_row, line, checks, outside) | empty
-    # The rest on integer codes and arrow arrays (a 25M-row file stays a few seconds).
-    rows = np.flatnonzero(~bad)
-    items = pc.take(values["item_id"], pa.array(rows))
-    known = pa.array(np.asarray(known_items, dtype=object), pa.string())
-    item_ints, known_ints = _digit_ints(items), _digit_ints(known)
-    if item_ints is not None and known_ints is not None:
-        unknown = ~np.isin(item_ints, known_ints)
-    else:
-        unknown = ~_np(pc.fill_null(pc.is_in(items, value_set=known), False))
+    # The rest on integer codes and arrow arrays, hashing rather than sorting, and taking rows
+    # only when some are dropped (`rows` None: all of them), so a 25M-row file stays a few
+    # seconds and adds one copy of nothing.
+    n = len(line)
+    rows = np.flatnonzero(~bad) if bad.any() else None
+    users, items = _take(values["user_id"], rows), _take(values["item_id"], rows)
+    known_ints = digit_ints(known_items)
+    scan = _scan_ids(users, items, known_ints) if known_ints is not None else None
+    unknown, increasing = scan if scan is not None else (~isin(items, known_items), False)
     if unknown.any():
+        rows = _all_rows(rows, n)
         count.skips.add("unknown item id", int(unknown.sum()),
                         [f"line {line[r]}: item {values['item_id'][int(r)].as_py()}" for r in rows[unknown][:5]])
         rows = rows[~unknown]
     # Keep the latest rating of a (user, item) pair (by timestamp, then line); earlier ones are
-    # reported as duplicates.
-    take = pa.array(rows)
-    users, items = (_id_codes(pc.take(values[c], take)) for c in ("user_id", "item_id"))
-    pair = users * (int(items.max()) + 1 if len(items) else 1) + items
-    order = np.lexsort((line[rows], values["timestamp"][rows]))      # by timestamp, then line
-    latest = order[::-1][np.unique(pair[order[::-1]], return_index=True)[1]]
-    dup = np.ones(len(rows), dtype=bool)
-    dup[latest] = False
-    if dup.any():
+    # reported as duplicates. Only rows of a repeated pair need ordering, and a file in (user,
+    # item) order, as GroupLens ships it, has none (nor has any subset of its rows).
+    if increasing:
+        pair, repeated = None, np.zeros(0, dtype=np.int64)
+    else:
+        users, items = _take(values["user_id"], rows), _take(values["item_id"], rows)
+        pair = _pair_keys(users, items)
+        repeated = np.flatnonzero(pd.Series(pair, copy=False).duplicated(keep=False).to_numpy())
+    del users, items
+    if len(repeated):
+        rows = _all_rows(rows, n)
+        order = repeated[np.lexsort((line[rows[repeated]], _at(values["timestamp"], rows[repeated])))]
+        latest = order[::-1][np.unique(pair[order[::-1]], return_index=True)[1]]
+        dup = np.zeros(len(rows), dtype=bool)
+        dup[repeated] = True
+        dup[latest] = False
         shown = order[dup[order]][:5]                                  # in (timestamp, line) order
         count.skips.add("duplicate (user, item) row; kept the latest", int(dup.sum()),
                         [f"line {line[r]}: user {values['user_id'][int(r)].as_py()} item "
                          f"{values['item_id'][int(r)].as_py()}" for r in rows[shown]])
         rows = rows[~dup]
-    take = pa.array(rows)
-    out = pa.table({"user_id": pc.take(values["user_id"], take), "item_id": pc.take(values["item_id"], take),
-                    "rating": pa.array(values["rating"][rows].astype(np.float32)),
-                    "timestamp": pa.array(values["timestamp"][rows].astype(np.int64))}).to_pandas()
+    del pair
+    out = pa.table({c: _take(_arrow(values[c]), rows) for c in ("user_id", "item_id", "rating", "timestamp")})
+    del values
+    out = out.cast(pa.schema([("user_id", pa.large_string()), ("item_id", pa.large_string()),
+                              ("rating", pa.float32()), ("timestamp", pa.int64())]))
+    out = out.to_pandas(split_blocks=True, self_destruct=True)   # without a second copy
+    release_arrow_memory()
     count.rows_out = len(out)
     count.check()
     return out, count
 
 
-def _digit_ints(s: pa.Array) -> np.ndarray | None:
-    """Validated digit-string ids as int64 when that is one-to-one (no leading zeros, at most
-    18 digits): hashing ints is much faster than hashing strings. None otherwise."""
-    if not len(s):
-        return np.zeros(0, dtype=np.int64)
-    lengths = pc.binary_length(s)
-    if pc.max(lengths).as_py() > 18 or not pc.all(pc.fill_null(pc.ascii_is_decimal(s), False)).as_py() \
-            or pc.any(pc.and_(pc.starts_with(s, "0"), pc.greater(lengths, 1))).as_py():
-        return None
-    return _np(pc.cast(s, pa.int64()))
+def _arrow(values):
+    return values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
 
 
-def _id_codes(s: pa.Array) -> np.ndarray:
-    """int64 codes 0..k-1 of the ids, equal iff the id strings are equal."""
-    ints = _digit_ints(s)
-    if ints is None:
-        return _np(pc.dictionary_encode(s).indices).astype(np.int64)
-    return np.unique(ints, return_inverse=True)[1].astype(np.int64)
+def _at(values, rows: np.ndarray) -> np.ndarray:
+    """values[rows] as numpy, for a numpy or an arrow column."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return _np(pc.take(values, pa.array(rows)))
+    return values[rows]
+
+
+def _take(values, rows: np.ndarray | None):
+    """values[rows] for an arrow column; the column itself for rows None (all of them)."""
+    return values if rows is None else pc.take(values, pa.array(rows))
+
+
+def _all_rows(rows: np.ndarray | None, n: int) -> np.ndarray:
+    return np.arange(n) if rows is None else rows
+
+
+def _scan_ids(users, items, known_ints: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """One pass over the rows' integer ids, a chunk at a time (no whole-column array): (whether
+    each row's item is not in `known_ints`, whether the (user, item) pairs strictly increase,
+    so that none repeats). None where the ids are not canonical integers."""
+    unknown, pos, last, increasing = np.empty(len(items), dtype=bool), 0, None, True
+    for u_chunk, i_chunk in zip(_aligned_chunks(users, items), _aligned_chunks(items, users)):
+        u, i = digit_ints(u_chunk), digit_ints(i_chunk)
+        if u is None or i is None:
+            return None
+        unknown[pos:pos + len(i)] = ~pd.Series(i, copy=False).isin(known_ints).to_numpy()
+        pos += len(i)
+        if increasing and len(u):
+            increasing = (last is None or (int(u[0]), int(i[0])) > last) and bool(
+                np.all((u[1:] > u[:-1]) | ((u[1:] == u[:-1]) & (i[1:] > i[:-1]))))
+            last = (int(u[-1]), int(i[-1]))
+    return unknown, increasing
+
+
+def _aligned_chunks(a, b) -> list:
+    """a's chunks cut where a's or b's chunks end, so chunk k of (a, b) and of (b, a) cover the
+    same rows."""
+    a = a if isinstance(a, pa.ChunkedArray) else pa.chunked_array([a])
+    b = b if isinstance(b, pa.ChunkedArray) else pa.chunked_array([b])
+    cuts = sorted(set(np.cumsum([len(c) for c in a.chunks]).tolist())
+                  | set(np.cumsum([len(c) for c in b.chunks]).tolist()) | {0})
+    return [a.slice(s, e - s) for s, e in itertools.pairwise(cuts)]
+
+
+def _pair_keys(users: pa.Array, items: pa.Array) -> np.ndarray:
+    """One int64 per (user, item) row, equal iff both ids are: the ids themselves when they are
+    integers small enough, else codes of them."""
+    u, i = digit_ints(users), digit_ints(items)
+    if u is None or i is None or (len(u) and int(u.max()) >= (1 << 62) // (int(i.max()) + 1)):
+        u, i = id_codes(users)[0], id_codes(items)[0]
+    pair = u.astype(np.int64)    # in place from here: one int64 column at the peak
+    del u
+    pair *= int(i.max()) + 1 if len(i) else 1
+    pair += i
+    return pair
 
 
 def _id_strings(s: pd.Series) -> np.ndarray:
@@ -384,7 +478,7 @@ def read_id_table(path: Path, id_column: str, needed: list[str], on_bad_row: str
     df[id_column] = rows.strings(id_column, strip=True)
     keep = np.ones(len(df), dtype=bool)
     if known is not None:
-        unknown = ~df[id_column].isin(known).to_numpy()
+        unknown = ~isin(df[id_column], known)
         count.skips.add(unknown_reason, int(unknown.sum()),
                         [f"line {l}: {id_column} {m}" for l, m in zip(rows.line[unknown][:5], df[id_column][unknown][:5])])
         keep &= ~unknown
@@ -523,7 +617,7 @@ def read_ml25m(data_cfg: dict) -> MultiModalDataset:
 
     ratings_path = root / "ratings.csv"
     inter, inter_count = parse_ratings(
-        _read_table(ratings_path), ratings_path, {"user_id": "userId", "item_id": "movieId",
+        read_csv_rows(ratings_path, numeric={"rating": pa.float64(), "timestamp": pa.int64()}), ratings_path, {"user_id": "userId", "item_id": "movieId",
                                                   "rating": "rating", "timestamp": "timestamp"},
         items["item_id"], on_bad_row)
     report["interactions"] = inter_count

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec.data.tables import DataError, MultiModalDataset
+from mmrec.data.tables import DataError, MultiModalDataset, id_codes, isin
 
 PARTS = ("train", "val", "test")
 
@@ -28,11 +28,16 @@ class CSR:
 
     @classmethod
     def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int) -> "CSR":
-        order = np.lexsort((cols, rows))
-        rows, cols = rows[order], cols[order]
+        key = rows.astype(np.int64)       # in place from here: one int64 column at the peak
+        key *= int(cols.max()) + 1 if len(cols) else 1
+        key += cols
+        if not np.all(key[1:] >= key[:-1]):    # already in (row, column) order: no sort
+            order = np.argsort(key, kind="stable")
+            rows, cols = rows[order], cols[order]
+        del key
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
-        np.add.at(indptr, rows + 1, 1)
-        return cls(np.cumsum(indptr), cols.astype(np.int64))
+        indptr[1:] = np.cumsum(np.bincount(rows, minlength=n_rows))
+        return cls(indptr, cols.astype(np.int64, copy=False))
 
     @property
     def n_rows(self) -> int:
@@ -125,25 +130,35 @@ def make_split(ds: MultiModalDataset, data_cfg: dict, split_cfg: dict,
     items = ds.items
     inter = ds.interactions
     stats: dict = {"items_in": len(items), "interactions_in": len(inter)}
+    # Every row-wise step works on integer codes of the ids (factorised once, by hashing), so a
+    # 25M-rating table is never turned into Python strings nor hashed as strings twice.
+    ucode, uniq_users = id_codes(inter["user_id"])
+    icode, uniq_items = id_codes(inter["item_id"])
+    keep = np.ones(len(inter), dtype=bool)
     if keep_items is not None:
         dropped = items["item_id"][~keep_items]
         stats["items_dropped_no_content"] = int((~keep_items).sum())
         items = items[keep_items]
-        gone = inter["item_id"].isin(dropped)
+        gone = isin(uniq_items, dropped.astype(str))[icode]
         stats["interactions_dropped_no_content"] = int(gone.sum())
-        inter = inter[~gone]
-    counts = inter.groupby("user_id").size()
-    keep_users = counts.index[counts >= int(data_cfg["min_user_ratings"])]
-    stats["users_in"] = int(len(counts))
-    stats["users_dropped_few_ratings"] = int(len(counts) - len(keep_users))
-    low = ~inter["user_id"].isin(keep_users)
+        keep &= ~gone
+    counts = np.bincount(ucode if keep.all() else ucode[keep], minlength=len(uniq_users))
+    present = counts > 0
+    enough = present & (counts >= int(data_cfg["min_user_ratings"]))
+    stats["users_in"] = int(present.sum())
+    stats["users_dropped_few_ratings"] = int((present & ~enough).sum())
+    low = keep & ~enough[ucode]
     stats["interactions_dropped_few_ratings"] = int(low.sum())
-    inter = inter[~low]
-    if len(inter) == 0:
+    keep &= ~low
+    n_kept = int(keep.sum())
+    if n_kept == 0:
         raise DataError(f"no user has >= data.min_user_ratings={data_cfg['min_user_ratings']} ratings")
 
-    user_ids = _sorted_ids(inter["user_id"].to_numpy())
+    user_ids = _sorted_ids(uniq_users[enough])
     item_ids = items["item_id"].astype(str).to_numpy()
+    # code -> index in user_ids / item_ids (-1: not there)
+    user_index = pd.Index(user_ids).get_indexer(uniq_users)
+    item_index = pd.Index(item_ids).get_indexer(uniq_items)
     n_items = len(item_ids)
     n_train, n_val, n_test = part_sizes(n_items, list(split_cfg["ratios"]))
     method = split_cfg["method"]
@@ -151,8 +166,10 @@ def make_split(ds: MultiModalDataset, data_cfg: dict, split_cfg: dict,
         order = np.random.default_rng(int(split_cfg["seed"])).permutation(n_items)
     elif method == "time":
         # Items enter the catalogue at their first rating; the newest are the cold ones.
-        first = inter.groupby("item_id")["timestamp"].min()
-        t = pd.Series(item_ids).map(first).to_numpy(dtype=np.float64, na_value=np.inf)
+        first = pd.Series(inter["timestamp"].to_numpy()[keep]).groupby(icode[keep]).min()
+        t = np.full(n_items, np.inf)
+        at = item_index[first.index.to_numpy()]
+        t[at[at >= 0]] = first.to_numpy(dtype=np.float64)[at >= 0]
         order = np.argsort(t, kind="stable")
     else:
         raise DataError(f"split.method: unknown method '{method}' (random | time)")
@@ -160,17 +177,18 @@ def make_split(ds: MultiModalDataset, data_cfg: dict, split_cfg: dict,
     item_part[order[n_train:n_train + n_val]] = 1
     item_part[order[n_train + n_val:]] = 2
 
-    pos = inter[inter["rating"] >= float(data_cfg["positive_threshold"])]
-    u = pd.Index(user_ids).get_indexer(pos["user_id"].astype(str))
-    i = pd.Index(item_ids).get_indexer(pos["item_id"].astype(str))
+    rows = np.flatnonzero(keep & (inter["rating"].to_numpy() >= float(data_cfg["positive_threshold"])))
+    u = user_index[ucode[rows]]
+    i = item_index[icode[rows]]
+    del ucode, icode, rows, keep
     assert (u >= 0).all() and (i >= 0).all()
     positives = {}
     for k, part in enumerate(PARTS):
         m = item_part[i] == k
         positives[part] = CSR.from_pairs(u[m], i[m], len(user_ids))
     stats.update({
-        "users": len(user_ids), "items": n_items, "interactions": len(inter),
-        "positives": int(len(pos)),
+        "users": len(user_ids), "items": n_items, "interactions": n_kept,
+        "positives": int(len(u)),
         **{f"{p}_items": int((item_part == k).sum()) for k, p in enumerate(PARTS)},
         **{f"{p}_positives": int(len(positives[p].indices)) for p in PARTS},
         **{f"{p}_eval_users": int((positives[p].row_lengths() > 0).sum()) for p in PARTS},

@@ -188,15 +188,122 @@ class MultiModalDataset:
         return lines
 
 
-def isin(values: pd.Series, allowed: pd.Series) -> np.ndarray:
-    """`values.isin(allowed)` as a bool array; for string columns through pyarrow (several
-    times faster than pandas' on millions of ids)."""
+def _arrow_strings(values):
+    """A string column as an arrow array (no copy for pyarrow-backed pandas strings); None for
+    a column of another type."""
+    import pyarrow as pa
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) else None
+    try:
+        return pa.array(values, pa.string())
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+
+
+def digit_ints(values) -> np.ndarray | None:
+    """Digit-string ids as int64 where that is one-to-one (digits only, no leading zero, within
+    int64), else None: hashing 25M ints is several times faster than hashing 25M strings."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    try:
-        a, b = pa.array(values, pa.string()), pa.array(allowed, pa.string())
-    except (pa.ArrowException, TypeError, ValueError):
-        return values.isin(allowed).to_numpy(dtype=bool)
+    s = _arrow_strings(values)
+    if s is None:
+        return None
+    if not len(s):
+        return np.zeros(0, dtype=np.int64)
+    if not pc.all(pc.fill_null(pc.ascii_is_decimal(s), False)).as_py():
+        return None
+    v = None
+    for width in (np.int32, np.int64):     # int32 where the ids fit: half the memory
+        try:
+            v = _cast_chunks(s, width)
+            break
+        except pa.ArrowInvalid:
+            pass
+    if v is None:      # beyond int64
+        return None
+    # A digit string is at least as long as its number written out, and as long iff it has no
+    # leading zero: equal totals mean every id is written canonically.
+    digits, power, top = len(v), 10, int(v.max())
+    while power <= top:
+        digits += int(np.count_nonzero(v >= power))
+        power *= 10
+    return v if _text_bytes(s) == digits else None
+
+
+def _chunks(s) -> list:
+    import pyarrow as pa
+    return s.chunks if isinstance(s, pa.ChunkedArray) else [s]
+
+
+def _cast_chunks(s, dtype) -> np.ndarray:
+    """pc.cast to an integer type, a chunk at a time into one numpy array: no second whole-column
+    copy (arrow's cast and numpy's concatenation) at the peak of a 25M-row read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    out, pos = np.empty(len(s), dtype=dtype), 0
+    for chunk in _chunks(s):
+        out[pos:pos + len(chunk)] = pc.cast(chunk, pa.from_numpy_dtype(dtype)).to_numpy(zero_copy_only=False)
+        pos += len(chunk)
+    return out
+
+
+def _text_bytes(s) -> int:
+    """The total length in bytes of a string column's values, from its offsets (no pass over it)."""
+    import pyarrow as pa
+    total = 0
+    for c in _chunks(s):
+        if len(c):
+            width = np.int64 if pa.types.is_large_string(c.type) else np.int32
+            offsets = np.frombuffer(c.buffers()[1], dtype=width)
+            total += int(offsets[c.offset + len(c)]) - int(offsets[c.offset])
+    return total
+
+
+def release_arrow_memory() -> None:
+    """Hand the blocks arrow's allocator keeps after a large read back to the OS, so that numpy's
+    arrays (another allocator) do not stack on top of them at the peak."""
+    import pyarrow as pa
+    pa.default_memory_pool().release_unused()
+
+
+def id_codes(values) -> tuple[np.ndarray, np.ndarray]:
+    """(integer codes per row, the distinct ids as strings, in no promised order)."""
+    ints = digit_ints(values)
+    if ints is not None and len(ints) and int(ints.max()) <= 4 * len(ints):
+        # dense integer ids (MovieLens'): a lookup table, no hashing of 25M values
+        present = np.zeros(int(ints.max()) + 1, dtype=bool)
+        present[ints] = True
+        uniques = np.flatnonzero(present)
+        lookup = np.full(len(present), -1, dtype=np.int32 if len(uniques) < 2 ** 31 else np.int64)
+        lookup[uniques] = np.arange(len(uniques), dtype=lookup.dtype)
+        return lookup[ints], uniques.astype(str)
+    if ints is not None:
+        codes, uniques = pd.factorize(ints)
+        return codes, uniques.astype(str)
+    codes, uniques = pd.factorize(pd.Series(values) if not isinstance(values, pd.Series) else values)
+    return codes, np.asarray(uniques, dtype=object).astype(str)
+
+
+def isin(values, allowed) -> np.ndarray:
+    """`values.isin(allowed)` as a bool array, for pandas or arrow columns; integer ids hashed as
+    ints (a chunk at a time: no whole-column copy), other strings through pyarrow (several times
+    faster than pandas' on millions of ids)."""
+    import pyarrow.compute as pc
+    b = digit_ints(allowed)
+    a = _arrow_strings(values)
+    if b is not None and a is not None:
+        out, pos = np.empty(len(a), dtype=bool), 0
+        for chunk in _chunks(a):
+            ints = digit_ints(chunk)
+            if ints is None:
+                break
+            out[pos:pos + len(chunk)] = pd.Series(ints, copy=False).isin(b).to_numpy()
+            pos += len(chunk)
+        else:
+            return out
+    b = _arrow_strings(allowed)
+    if a is None or b is None:
+        return pd.Series(values).isin(allowed).to_numpy(dtype=bool)
     return pc.fill_null(pc.is_in(a, value_set=b), False).to_numpy(zero_copy_only=False)
 
 
