@@ -100,20 +100,77 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _user_list(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    p = Path(text)
+    return p.read_text().split() if p.exists() else [u for u in text.split(",") if u]
+
+
+def _index_params(items: list[str] | None) -> dict:
+    """`--index-param nlist=1024` -> {"nlist": 1024} (integers)."""
+    from mmrec.data.tables import DataError
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            raise DataError(f"--index-param {item!r}: expected KEY=INTEGER (nlist, nprobe, m, "
+                            f"ef_construction, ef_search, pq_m, ...)") from None
+        if not sep:
+            raise DataError(f"--index-param {item!r}: expected KEY=INTEGER")
+    return out
+
+
 def cmd_export(args) -> int:
-    from mmrec.export import export
-    users = None
-    if args.users:
-        p = Path(args.users)
-        users = p.read_text().split() if p.exists() else args.users.split(",")
+    from mmrec.data.tables import DataError
+    from mmrec.export import append, export
+    if args.append:
+        if not args.items:
+            raise DataError("--append: --items NEW (the items to add) is required")
+        if args.index or args.top_k or args.users or args.save_tower or args.user_table or args.out:
+            raise DataError("--append: takes only [RUN] --items and --replace (the export's own index, "
+                            "top-K users and K are kept)")
+        out = append(args.append, args.items, args.run_dir, replace=args.replace)
+        if _is_main_process():
+            print(f"appended to {out}")
+            print((out / "export_report.json").read_text())
+        return 0
+    if args.run_dir is None:
+        raise DataError("export: RUN_DIR is required (or --append EXPORT_DIR)")
+    if args.replace:
+        raise DataError("--replace: only with --append")
+    users = _user_list(args.users)
     out = export(args.run_dir, args.items, args.out, users, args.top_k, user_table=args.user_table,
-                 save_tower=args.save_tower)
+                 save_tower=args.save_tower, index=args.index, index_type=args.index_type,
+                 index_params=_index_params(args.index_param))
     if _is_main_process():
         if (out / "export_report.json").is_file():
             print(f"exported to {out}")
             print((out / "export_report.json").read_text())
         if args.save_tower:
             print(f"item tower saved to {args.save_tower} (load it with mmrec.ItemTower.from_pretrained)")
+    return 0
+
+
+def cmd_query(args) -> int:
+    from mmrec.data.tables import DataError
+    from mmrec.serving import query
+    users = _user_list(args.users)
+    if not users:
+        raise DataError("--users: at least one user id (comma-separated, or a file of ids)")
+    table = query(args.source, users, args.top_k, exclude_seen=args.exclude_seen, **_index_params(args.search_param))
+    if args.out:
+        from preprocessing.files import atomic_path
+        out = Path(args.out)
+        if out.suffix not in (".csv", ".parquet"):
+            raise DataError(f"--out {out}: must end in .csv or .parquet")
+        with atomic_path(out) as tmp:
+            table.to_parquet(tmp, index=False) if out.suffix == ".parquet" else table.to_csv(tmp, index=False)
+        print(f"{len(table)} rows written to {out}")
+    else:
+        print(table.to_csv(sep="\t", index=False), end="")
     return 0
 
 
@@ -200,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_evaluate)
     sp = sub.add_parser("export", help="embed a catalogue of (new) items, or the users and items of a "
                                        "user cold-start run, with a trained run")
-    sp.add_argument("run_dir")
+    sp.add_argument("run_dir", nargs="?", help="the run (or, with --append, a run or tower folder; default "
+                    "the export's own run)")
     sp.add_argument("--items", help="item table: .parquet/.csv/.tsv or a dataset dir (required for "
                                     "item-content heads unless --save-tower is given; sasrec/cmclrec: "
                                     "restrict to these ids)")
@@ -212,7 +270,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output folder (default RUN_DIR/export)")
     sp.add_argument("--users", help="user ids (comma-separated, or a file) for top-K lists")
     sp.add_argument("--top-k", type=int, default=0, help="write each user's top-K of these items")
+    sp.add_argument("--index", choices=["faiss"], help="also build a FAISS inner-product index of the items "
+                    "in OUT/index/ (`mmrec query`, mmrec.ItemIndex)")
+    sp.add_argument("--index-type", choices=["flat", "ivf", "hnsw", "ivfpq"], default="flat",
+                    help="flat (exact, default), ivf, hnsw or ivfpq (compressed); see docs/cli.md")
+    sp.add_argument("--index-param", action="append", metavar="KEY=N", help="override an index parameter: "
+                    "nlist, nprobe, train_size, niter, m, ef_construction, ef_search, pq_m, pq_bits")
+    sp.add_argument("--append", metavar="EXPORT_DIR", help="add the --items to this earlier export (its "
+                    "embeddings, ids, top-K and index), encoding only them; the tower must be the same")
+    sp.add_argument("--replace", action="store_true", help="--append: ids already in the export get the "
+                    "new vectors (without it they are refused)")
     sp.set_defaults(fn=cmd_export)
+    sp = sub.add_parser("query", help="top-K items of users from an export's FAISS index")
+    sp.add_argument("source", metavar="RUN_OR_EXPORT", help="a run directory (its export/), an export "
+                    "folder or an index folder")
+    sp.add_argument("--users", required=True, help="user ids, comma-separated, or a file of ids")
+    sp.add_argument("--top-k", type=int, default=10, help="items per user (default 10)")
+    sp.add_argument("--exclude-seen", action="store_true", help="leave out each user's training interactions")
+    sp.add_argument("--search-param", action="append", metavar="KEY=N", help="nprobe=N (ivf, ivfpq) or "
+                    "ef_search=N (hnsw) for this query")
+    sp.add_argument("--out", help="write the table here (.csv or .parquet) instead of printing it")
+    sp.set_defaults(fn=cmd_query)
     sp = with_config(sub.add_parser("sweep", help="a grid of overrides x seeds, resumable, as a table"))
     sp.add_argument("--out", required=True, help="sweep folder (re-run the same command to resume)")
     sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

@@ -9,7 +9,10 @@ model and writes to the output folder (default RUN/export):
   item_ids.txt             one id per line
   user_embeddings.npy      float32 [U, D], the run's users; user_ids.txt gives their ids
   topk.parquet             (with --top-k) user_id, rank (1 = best), item_id, score
-  export_report.json       counts: items read, exported, skipped (no content) with their ids
+  index/                   (with --index faiss) an `mmrec.serving.ItemIndex` of the item vectors:
+                           index.faiss, ids.txt, index.json (`mmrec query`)
+  export_report.json       counts: items read, exported, skipped (no content) with their ids;
+                           the index's metadata; `tower_fingerprint` (`mmrec.tower.tower_fingerprint`)
 
 Row r of every item file is the same item: the input table's order, minus the skipped items.
 Relative trailer / image paths are read from the table's folder (a canonical dataset directory:
@@ -23,6 +26,9 @@ evaluation segment, and the score is max_s u . v_s (KDD'24 Eq. 4):
 An item without a trailer still gets S (identical) vectors from its other fields. CLCRec's item
 vectors are its feature encoder's f_j (every item is embedded as a cold item, from its features).
 The top-K lists rank all exported items (nothing is excluded: the items are new).
+`mmrec export [RUN] --append EXPORT --items NEW [--replace]` (`append`) adds NEW's items to an
+earlier export, encoding only them, refusing ids it already has (unless --replace) and a tower
+whose fingerprint is not the export's; it equals a full export of old + new items.
 
 **User cold-start heads** (`sasrec`, `cmclrec`): the items are the run's catalogue (embedded by
 ID, so no new items), the users are what is cold. `mmrec export RUN` writes:
@@ -87,8 +93,9 @@ from mmrec.data.split import CSR
 from mmrec.data.tables import DataError
 from mmrec.evaluation.evaluator import DotScorer, ragged_rows
 from mmrec.models import UserColdStartHead, head_class, load_run
-from mmrec.tower import ItemTower, encode_table, read_table, read_table_with_root
-from preprocessing.files import stale_tmp, storage_failure
+from mmrec.serving import INDEX_DIR
+from mmrec.tower import ItemTower, encode_table, read_table, read_table_with_root, run_fingerprint
+from preprocessing.files import pid_alive, stale_tmp, storage_failure
 
 
 class ExportFolder:
@@ -133,6 +140,7 @@ def export_folder(out: str | Path):
     out = Path(out)
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    restore_swapped(out)
     for stale in out.parent.glob(f".{out.name}.*.tmp"):   # left by killed exports
         if stale.is_dir() and stale_tmp(stale):
             shutil.rmtree(stale, ignore_errors=True)
@@ -153,6 +161,26 @@ def export_folder(out: str | Path):
         raise failure from e
 
 
+def restore_swapped(out: Path) -> None:
+    """A process killed between the two renames of `replace_dir` left `out` absent and the
+    previous folder as `.old-<name>.<pid>` (its trash): put it back before anything reads `out`."""
+    if out.exists():
+        return
+    for trash in sorted(out.parent.glob(f".old-{out.name}.*")):
+        pid = trash.name.rpartition(".")[2]
+        if trash.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            os.replace(trash, out)
+            return
+
+
+def write_index(folder: Path, vectors: np.ndarray, ids, index_type: str, params: dict | None) -> dict:
+    """OUT/index/ (`mmrec.serving.ItemIndex`) of the exported vectors; its metadata for the report."""
+    from mmrec.serving import ItemIndex
+    index = ItemIndex.build(vectors, np.asarray(ids, dtype=object), index_type, **(params or {}))
+    index.save(folder)
+    return {"folder": INDEX_DIR, **{k: v for k, v in index.meta().items() if k not in ("format", "index_file", "ids_file")}}
+
+
 def read_items(path: str | Path) -> pd.DataFrame:
     """The item table of `--items` (`mmrec.tower.read_table`, which `ItemTower.encode` reads with)."""
     return read_table(path, "item")
@@ -166,18 +194,28 @@ def _run_head(run_dir: str | Path, overrides: list[str] | None = None):
 @torch.no_grad()
 def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: str | Path | None = None,
            users: list[str] | None = None, top_k: int = 0, batch_size: int | None = None,
-           user_table: str | Path | None = None, save_tower: str | Path | None = None) -> Path:
+           user_table: str | Path | None = None, save_tower: str | Path | None = None,
+           index: str | None = None, index_type: str = "flat", index_params: dict | None = None) -> Path:
     """Works on one or many processes (`accelerate launch -m mmrec export ...`): the items are
     encoded in batch-aligned blocks per process and gathered once; the main process writes.
     Runs of the user cold-start heads go to `export_user_cold_start` (see the module docstring).
     `save_tower`: also (or, without `items_path`, only) write the run's item tower folder there
-    (`mmrec.tower.ItemTower.save_pretrained`). Returns the export folder, or the tower folder
-    when nothing else was exported."""
+    (`mmrec.tower.ItemTower.save_pretrained`). `index="faiss"`: also an `mmrec.serving.ItemIndex`
+    of the items in OUT/index/ (`index_type`, `index_params` overriding its defaults). Returns the
+    export folder, or the tower folder when nothing else was exported."""
+    if index not in (None, "faiss"):
+        raise DataError(f"--index: unknown index {index!r} (only 'faiss')")
+    if index is not None:
+        from mmrec.serving import default_params
+        default_params(index_type, 0, 1)   # an unknown type stops here, before any encoding
     head = _run_head(run_dir)
     if head is not None and issubclass(head, UserColdStartHead):
         if save_tower is not None:
             raise DataError(f"--save-tower: head '{head.name}' has no content item tower (its items are "
                             f"rows of an ID embedding table); only head mmrec runs have one")
+        if index is not None:
+            raise DataError(f"--index: head '{head.name}' exports its own catalogue (an ID table); the "
+                            f"index is for item-content heads (mmrec, clcrec)")
         return export_user_cold_start(head, run_dir, items_path, out_dir, users, top_k, user_table)
     if items_path is None and save_tower is None:
         raise DataError("--items: the item table to embed (from its content) is required for this run's head "
@@ -188,6 +226,7 @@ def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: s
     from mmrec.distributed import make_accelerator
     acc = make_accelerator()
     cfg, split, model = load_run(run_dir)
+    fingerprint = run_fingerprint(run_dir, cfg, model)   # --append refuses another tower's items
     batch_size = int(batch_size or cfg["eval"]["item_batch_size"])   # video items are heavy: the run's size
     tower = ItemTower.from_loaded(run_dir, cfg, model, device="cpu") if save_tower is not None else None
     model.to(acc.device)
@@ -224,12 +263,119 @@ def export(run_dir: str | Path, items_path: str | Path | None = None, out_dir: s
                   "processes": acc.num_processes}
         if top_k:
             report["topk"] = write_topk(f("topk.parquet"), U, V, split.user_ids, ids, users, int(top_k))
+        if index is not None:
+            report["index"] = write_index(f(INDEX_DIR), enc.vectors, ids, index_type, index_params)
         if save_tower is not None:
             report["tower"] = str(save_tower)
+        report["tower_fingerprint"] = fingerprint
         f("export_report.json").write_text(json.dumps(report, indent=1))
     write_export(acc, out, write)
     if tower is not None:
         _save_tower(acc, tower, Path(save_tower))
+    return out
+
+
+# Files of an item export that `append` rewrites; any other file of the folder is carried over.
+_APPEND_REWRITES = {"item_embeddings.npy", "item_ids.txt", "item_embeddings.parquet", "fusion_weights.csv",
+                    "topk.parquet", "export_report.json", INDEX_DIR}
+
+
+@torch.no_grad()
+def append(export_dir: str | Path, items_path: str | Path, run_dir: str | Path | None = None,
+           replace: bool = False, batch_size: int | None = None) -> Path:
+    """`mmrec export [RUN] --append EXPORT_DIR --items NEW`: encode only NEW's items and add them
+    to EXPORT_DIR's embeddings, id map, Parquet file, fusion weights, top-K lists (recomputed for
+    the same users and K) and index (new vectors added; with --replace hits, refilled from all
+    vectors, keeping its training). The tower (RUN, default the export's own run; a tower folder
+    works too) must have the fingerprint the export recorded. Ids already in the export are
+    refused unless `replace`: then their rows are overwritten in place. Written like an export,
+    into a temporary sibling swapped in at the end: a kill at any point leaves the previous export.
+    The result equals a full export of the old and new items (tests/test_append.py)."""
+    out = Path(export_dir)
+    report_file = out / "export_report.json"
+    if not report_file.is_file():
+        raise DataError(f"--append {out}: not an export folder (no export_report.json)")
+    try:
+        report = json.loads(report_file.read_text())
+    except ValueError as e:
+        raise DataError(f"{report_file}: not JSON ({e})") from None
+    if "head" in report:
+        raise DataError(f"--append {out}: an export of a user cold-start run ({report['head']}); its items "
+                        f"are the run's catalogue, nothing can be appended")
+    if not report.get("tower_fingerprint"):
+        raise DataError(f"{report_file}: no tower_fingerprint (made by an older mmrec, or by a head without a "
+                        f"content tower); export the whole catalogue again instead of appending")
+    source = Path(run_dir) if run_dir is not None else Path(report["run"])
+    tower = ItemTower.from_pretrained(source)
+    if tower.fingerprint() != report["tower_fingerprint"]:
+        raise DataError(f"--append {out}: the tower of {source} ({tower.fingerprint()[:19]}...) is not the one "
+                        f"that made this export ({report['tower_fingerprint'][:19]}..., {report_file}); "
+                        f"its vectors would not be comparable: export the whole catalogue with it instead")
+    old_ids = np.array((out / "item_ids.txt").read_text().splitlines(), dtype=object)
+    table = read_items(items_path)
+    dup = table["item_id"][table["item_id"].isin(old_ids)].tolist()
+    if dup and not replace:
+        more = f" (+{len(dup) - 5} more)" if len(dup) > 5 else ""
+        raise DataError(f"--append {out}: {len(dup)} item id(s) of {items_path} already in the export: "
+                        f"{', '.join(repr(i) for i in dup[:5])}{more}; --replace replaces their vectors")
+    enc = tower.encode(items_path, batch_size=batch_size)
+    V_old = np.load(out / "item_embeddings.npy")
+    if V_old.shape[1:] != enc.vectors.shape[1:]:
+        raise DataError(f"--append {out}: the export's vectors are {list(V_old.shape[1:])}, the new ones "
+                        f"{list(enc.vectors.shape[1:])}")
+    pos = pd.Index(old_ids.astype(str)).get_indexer(enc.ids.astype(str))
+    hit, fresh = pos >= 0, pos < 0
+    V = np.concatenate([V_old, enc.vectors[fresh]])
+    V[pos[hit]] = enc.vectors[hit]
+    ids = np.concatenate([old_ids, enc.ids[fresh].astype(object)])
+
+    def write(f):
+        for p in out.iterdir():   # what append does not change, carried over as is
+            if p.name not in _APPEND_REWRITES:
+                (shutil.copytree if p.is_dir() else shutil.copy2)(p, f(p.name))
+        np.save(f("item_embeddings.npy"), V)
+        f("item_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+        flat = V.reshape(len(V), -1)
+        pd.DataFrame({"item_id": ids.astype(str), "embedding": list(flat)}).to_parquet(
+            f("item_embeddings.parquet"), index=False)
+        if (out / "fusion_weights.csv").is_file() and enc.weights is not None:
+            old_w = pd.read_csv(out / "fusion_weights.csv", dtype={"item_id": str})
+            w = enc.weights.mean(1) if enc.weights.ndim == 3 else enc.weights
+            new_w = pd.DataFrame(w, columns=enc.field_names)
+            new_w.insert(0, "item_id", enc.ids.astype(str))
+            old_w = old_w.set_index("item_id")
+            old_w.loc[new_w["item_id"][hit].tolist()] = new_w[hit].set_index("item_id")
+            pd.concat([old_w.reset_index(), new_w[fresh]], ignore_index=True).to_csv(f("fusion_weights.csv"), index=False)
+        new_report = dict(report)
+        new_report["items_exported"] = int(len(ids))
+        new_report["embedding_shape"] = list(V.shape)
+        new_report["appends"] = [*report.get("appends", []), {
+            "items_file": str(items_path), "run": str(source), "items_read": enc.report["items_read"],
+            "items_appended": int(fresh.sum()), "items_replaced": int(hit.sum()),
+            "replaced_item_ids": [str(i) for i in enc.ids[hit]],
+            "items_skipped_no_content": enc.report["items_skipped_no_content"],
+            "skipped_item_ids": enc.skipped, "fields": enc.report["fields"]}]
+        if (out / "topk.parquet").is_file():   # the same users and K, over the grown catalogue
+            U = torch.from_numpy(np.load(out / "user_embeddings.npy"))
+            user_ids = np.array((out / "user_ids.txt").read_text().splitlines(), dtype=object)
+            wanted = pd.read_parquet(out / "topk.parquet", columns=["user_id"])["user_id"].unique().tolist()
+            k = int(report.get("topk", {}).get("k") or 1)
+            new_report["topk"] = write_topk(f("topk.parquet"), U, torch.from_numpy(V), user_ids, ids,
+                                            wanted or None, k)
+        if (out / INDEX_DIR).is_dir():
+            from mmrec.serving import ItemIndex
+            index = ItemIndex.load(out / INDEX_DIR)
+            if hit.any():   # replaced vectors: refilled from all of them (its training kept)
+                index = index.empty_like().add(V, ids)
+            else:
+                index.add(enc.vectors[fresh], enc.ids[fresh])
+            index.save(f(INDEX_DIR))
+            new_report["index"] = {"folder": INDEX_DIR, **{k: v for k, v in index.meta().items()
+                                                           if k not in ("format", "index_file", "ids_file")}}
+        f("export_report.json").write_text(json.dumps(new_report, indent=1))
+
+    with export_folder(out) as f:
+        write(f)
     return out
 
 

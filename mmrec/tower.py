@@ -317,6 +317,11 @@ class ItemTower:
     def state_dict(self) -> dict:
         return self.encoder.state_dict()
 
+    def fingerprint(self) -> str:
+        """What identifies this tower (`tower_fingerprint`): the same for a run and the folder
+        saved from it, different as soon as a weight or a preprocessing setting differs."""
+        return tower_fingerprint(self.encoder, self.config)
+
     def encode(self, items, *, batch_size: int | None = None, root: str | Path | None = None,
                progress: bool = False, autocast=None) -> Embeddings:
         """Item vectors of a table of (new) items from their content: a DataFrame, a
@@ -379,6 +384,33 @@ class ItemTower:
             (dst / "config.json").write_text(bert.to_json_string(use_diff=True))
         (tmp / TOWER_CONFIG).write_text(json.dumps(config, indent=1) + "\n")
         (tmp / TOWER_CARD).write_text(model_card(config))
+
+
+FINGERPRINT_KEYS = ("fields", "encoders", "model", "dim", "token_dim", "segments")
+
+
+def tower_fingerprint(encoder: torch.nn.Module, config: dict) -> str:
+    """`sha256:<hex>` of a tower's preprocessing and architecture (config.json's FINGERPRINT_KEYS,
+    as canonical JSON) and of every tensor (name, dtype, shape, bytes). Recorded by `mmrec export`
+    so that `--append` can refuse items encoded by another tower: their vectors would live in
+    another space. Provenance (`trained`, paths) is left out, so a run and its saved folder agree."""
+    import hashlib
+    h = hashlib.sha256()
+    h.update(json.dumps({k: config.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True, default=str).encode())
+    for name, t in sorted(encoder.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def run_fingerprint(run_dir: str | Path, cfg: dict, model) -> str | None:
+    """The fingerprint of a loaded run's content tower (None for heads without one)."""
+    encoder = model.item_tower()
+    if encoder is None:
+        return None
+    return tower_fingerprint(encoder, json.loads(json.dumps(_tower_config(Path(run_dir), cfg, encoder),
+                                                            default=str)))
 
 
 def _tokenizer_dir(spec: dict) -> str:
