@@ -192,12 +192,12 @@ def _arrow_strings(values):
     """A string column as an arrow array (no copy for pyarrow-backed pandas strings); None for
     a column of another type."""
     import pyarrow as pa
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return values if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) else None
-    try:
-        return pa.array(values, pa.string())
-    except (pa.ArrowException, TypeError, ValueError):
-        return None
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        try:
+            values = pa.array(values)    # untyped: a large_string pandas column stays as it is
+        except (pa.ArrowException, TypeError, ValueError):
+            return None
+    return values if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) else None
 
 
 def digit_ints(values) -> np.ndarray | None:
