@@ -6,6 +6,7 @@ alternating plain DDP (configs/accelerate/cpu_2proc.yaml) and DeepSpeed ZeRO-2
 (configs/accelerate/deepspeed_zero2.yaml), on the real MovieLens-100k ratings at tiny sizes:
 
   train-mmrec  train-clcrec  train-cmclrec  train-sasrec  evaluate  export  extract-features  transfer
+  preprocess (the tiny video + text config's stand-in trailers, a fresh frame store each launch)
 
     python scripts/soak_distributed.py --n 20                 # 20 launches of each command
     python scripts/soak_distributed.py --n 4 --commands evaluate,export --backends ddp
@@ -63,6 +64,10 @@ def commands(out: Path, cache: str) -> dict:
         "export": lambda d: ["export", str(src), "--items", str(items), "--out", str(d)],
         "extract-features": lambda d: ["extract-features", *tiny, "--out", str(d), "--multihot", "genres"],
         "transfer": lambda d: ["transfer", "--from", str(src), "--mode", "frozen", *tiny, *SHORT, f"run_dir={d}"],
+        # its own cache each launch: the ranks decode their shares of the stand-in trailers and
+        # rank 0 merges the frame store and writes --out
+        "preprocess": lambda d: ["preprocess", "--config", "configs/tiny_video_text.yaml",
+                                 f"data.cache_dir={d / 'cache'}", "--out", str(d / "out")],
     }
 
 
