@@ -23,11 +23,19 @@ interrupted one resumes from its checkpoint, so re-running continues. The table 
 Collecting, the table and the files are mmrec.sweep's (collect, summarise, markdown_table,
 csv_table, write_results), shared with the other drivers.
 
+The record (<results>.runs.json) keeps every collected run's metrics under its row's config
+fingerprint (a hash of the resolved config, seed and paths aside). A later call whose OUT lacks a
+run (a fresh checkout: runs/ is not in git) takes that row and seed from the record when the
+fingerprint is unchanged, and the table says which values were carried; a row whose config
+changed is re-run. So one row can be added or re-run without training all the others again.
+
     python scripts/compare_heads.py --out runs/compare-ml100k --seeds 0 1 2 3 4
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -38,6 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmrec import sweep as runner
+from mmrec.config import flatten, load_config
+from preprocessing.files import write_text_atomic
 from mmrec.sweep import run_cell, same_split
 
 DEFAULT_CFG = "configs/ml100k.yaml"
@@ -64,6 +74,37 @@ METRICS = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10"}
 def collect(out: Path, seeds: list[int], cells: list[str]) -> dict[str, dict[int, dict]]:
     """row -> seed -> cold-test metrics, for the finished runs; the baselines are the default run's."""
     return runner.collect(out, cells, seeds, "test", baselines_from="default" if "default" in cells else None)
+
+
+_NOT_THE_RUN = ("run_dir", "name", "seed", "split.seed", "train.progress")
+# what the baselines (random scores, frozen-text kNN) depend on: the split and the text
+_BASELINE_KEYS = ("data.", "split.", "fields.", "eval.ks", "eval.knn_pooling", "encoders.")
+
+
+def fingerprint(config: str, overrides: list[str], keep=None) -> str:
+    """A hash of the config a row's runs are trained with, whatever the seed or run directory
+    (other heads' sections are already dropped by load_config). keep: key prefixes to hash only."""
+    flat = {k: v for k, v in flatten(load_config(config, list(overrides))).items()
+            if k not in _NOT_THE_RUN and (keep is None or k.startswith(keep))}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def carry(found: dict, record: dict, prints: dict[str, str], seeds: list[int]) -> list[str]:
+    """Fill the rows and seeds missing from `found` from `record` where the row's fingerprint is
+    unchanged; then store every found value in `record`. Returns 'row (seeds ...)' per carried row."""
+    carried = []
+    for row, fp in prints.items():
+        old = record.get(row)
+        if old is not None and old.get("fingerprint") == fp:
+            took = [s for s in seeds if s not in found.get(row, {}) and str(s) in old["seeds"]]
+            for s in took:
+                found.setdefault(row, {})[s] = old["seeds"][str(s)]
+            if took:
+                carried.append(f"{row} (seed{'s' if len(took) > 1 else ''} {', '.join(map(str, took))})")
+        if row in found:
+            kept = old["seeds"] if old is not None and old.get("fingerprint") == fp else {}
+            record[row] = {"fingerprint": fp, "seeds": {**kept, **{str(s): m for s, m in found[row].items()}}}
+    return carried
 
 
 def rows(found: dict, seeds: list[int], labels: dict[str, str]) -> list[dict]:
@@ -125,10 +166,23 @@ def main(argv=None) -> str:
             if len(done) > 1:
                 same_split(done)
     labels = {**dict(BASELINES), **{c[0]: c[1] for c in chosen}}
-    table = rows(collect(out, args.seeds, [c[0] for c in chosen]), args.seeds, labels)
+    found = collect(out, args.seeds, [c[0] for c in chosen])
+    prints = {name: fingerprint(config, overrides + list(args.overrides)) for name, _, config, overrides in chosen}
+    base_print = fingerprint(DEFAULT_CFG, list(args.overrides), keep=_BASELINE_KEYS)
+    prints.update({b: base_print for b, _ in BASELINES})
+    record_path = Path(str(args.results) + ".runs.json")
+    if record_path.parent == Path("."):
+        record_path = runner.RESULTS_DIR / record_path
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    carried = carry(found, record, prints, args.seeds)
+    write_text_atomic(record_path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    table = rows(found, args.seeds, labels)
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--collect-only"]
     command = shlex.join(["python", "scripts/compare_heads.py", *given])
     text = markdown(table, args.seeds)
+    if carried:
+        text += (f"\nCarried from {record_path.name} (runs of an unchanged config, not in {out}): "
+                 + "; ".join(carried) + ".\n")
     if args.collect_only:
         missing = [c[0] for c in chosen if any(not (out / c[0] / f"seed-{s}" / "metrics.json").exists()
                                                for s in args.seeds)]

@@ -484,3 +484,23 @@ def test_transfer_table_knn_source_is_cosine_knn_over_the_exported_vectors(train
     assert on_a.splitlines()[2:] == [
         f"| A's model (u·v), as trained on A | 1 | {metrics['test']['ndcg@10'] * 100:.2f} |",
         f"| A's item tower, kNN (cosine; no training beyond A's) | 1 | {got['test']['ndcg@10'] * 100:.2f} |"]
+
+
+def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
+    """A run absent from OUT (a fresh checkout) is taken from the record when its row's config
+    fingerprint is unchanged, never when the config changed; found runs update the record."""
+    ch = _script("compare_heads")
+    tower = ch.fingerprint(ch.DEFAULT_CFG, ch.PIECES_OFF)
+    assert tower == ch.fingerprint(ch.DEFAULT_CFG, ch.PIECES_OFF + ["seed=7", "run_dir=/x"])
+    assert tower != ch.fingerprint(ch.DEFAULT_CFG, ch.PIECES_OFF + ["train.lr=0.5"])
+    assert ch.fingerprint(ch.DEFAULT_CFG, [], keep=ch._BASELINE_KEYS) == \
+        ch.fingerprint(ch.DEFAULT_CFG, ["train.lr=0.5"], keep=ch._BASELINE_KEYS)   # baselines: the split's
+    record = {"tower": {"fingerprint": tower, "seeds": {"0": {"ndcg@10": 0.2}, "1": {"ndcg@10": 0.1}}},
+              "default": {"fingerprint": "an older default", "seeds": {"1": {"ndcg@10": 0.9}}}}
+    found = {"tower": {0: {"ndcg@10": 0.25}}, "default": {0: {"ndcg@10": 0.3}}}
+    carried = ch.carry(found, record, {"tower": tower, "default": "the default now"}, [0, 1])
+    assert carried == ["tower (seed 1)"]
+    assert found["tower"] == {0: {"ndcg@10": 0.25}, 1: {"ndcg@10": 0.1}}      # the fresh run wins
+    assert found["default"] == {0: {"ndcg@10": 0.3}}                           # nothing stale carried
+    assert record["default"] == {"fingerprint": "the default now", "seeds": {"0": {"ndcg@10": 0.3}}}
+    assert record["tower"]["seeds"]["0"] == {"ndcg@10": 0.25}

@@ -12,6 +12,7 @@ what the uninterrupted run would have done.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 import logging
 import resource
 import time
@@ -26,6 +27,7 @@ from mmrec.distributed import make_accelerator
 from mmrec.data.batches import EpochSampler, PairDataset
 from mmrec.models import Head, head_class
 from mmrec.training.checkpoint import fail_together, load_checkpoint, replace_dir, save_checkpoint
+from mmrec.training.ema import WeightAverage
 from mmrec.training.schedule import make_scheduler
 from mmrec.transfer import apply_transfer, frozen_eval
 from preprocessing.files import write_text_atomic
@@ -173,6 +175,14 @@ class Trainer:
         self.steps_per_epoch = max(1, batches // acc.gradient_accumulation_steps)
         self.scheduler = make_scheduler(raw_optimizer, self.steps_per_epoch, tc)
         acc.register_for_checkpointing(self.scheduler)
+        self.ema = None
+        if float(tc["ema_decay"]) > 0:   # before a resume loads the checkpoints, which hold it
+            ds = getattr(acc.state, "deepspeed_plugin", None)
+            if ds is not None and int(ds.zero_stage) == 3:
+                raise ConfigError("train.ema_decay: not under DeepSpeed ZeRO-3 (each process holds "
+                                  "only a shard of the weights to average); use ZeRO-2 or DDP")
+            self.ema = WeightAverage(acc.unwrap_model(self.model), float(tc["ema_decay"]))
+            acc.register_for_checkpointing(self.ema)
         self.state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_epoch": None,
                       "val": None, "test": None, "history": [], "epoch_sums": {}}
         if self.resume:
@@ -275,6 +285,8 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update()
                 st["step"] += 1
                 self.train_steps += 1
                 if st["step"] % int(tc["log_every_steps"]) == 0:
@@ -294,15 +306,17 @@ class Trainer:
             if sums.get("_n"):   # this process's batches (the loss is already the global batch's)
                 record["train"] = {k: v / sums["_n"] for k, v in sums.items() if k != "_n"}
             if (epoch + 1) % int(cfg["eval"]["every_epochs"]) == 0 or epoch + 1 == epochs:
-                val = self.evaluate("val")
-                record["val"] = val
-                acc.log({f"val/{k}": v for k, v in val.items() if "@" in k}, step=st["step"])
-                improved = st["best"] is None or val[select] > st["best"]
-                log.info("epoch %d: val %s%s", epoch + 1, _fmt(val), "  (best)" if improved else "")
-                if improved:
-                    st["best"], st["best_epoch"], st["val"] = val[select], epoch + 1, val
-                    st["test"] = self.evaluate("test")   # test at the best validation epoch
-                    self.save_best_model()
+                # with train.ema_decay the averaged weights are the ones evaluated and saved
+                with self.ema.swapped_in() if self.ema is not None else nullcontext():
+                    val = self.evaluate("val")
+                    record["val"] = val
+                    acc.log({f"val/{k}": v for k, v in val.items() if "@" in k}, step=st["step"])
+                    improved = st["best"] is None or val[select] > st["best"]
+                    log.info("epoch %d: val %s%s", epoch + 1, _fmt(val), "  (best)" if improved else "")
+                    if improved:
+                        st["best"], st["best_epoch"], st["val"] = val[select], epoch + 1, val
+                        st["test"] = self.evaluate("test")   # test at the best validation epoch
+                        self.save_best_model()
             st["history"].append(record)
             if acc.is_main_process:   # rewritten whole, so a resumed run never repeats a line
                 write_text_atomic(self.run_dir / "history.jsonl",
