@@ -184,8 +184,7 @@ def main(argv=None) -> str:
         text += (f"\nCarried from {record_path.name} (runs of an unchanged config, not in {out}): "
                  + "; ".join(carried) + ".\n")
     if args.collect_only:
-        missing = [c[0] for c in chosen if any(not (out / c[0] / f"seed-{s}" / "metrics.json").exists()
-                                               for s in args.seeds)]
+        missing = [c[0] for c in chosen if any(s not in found.get(c[0], {}) for s in args.seeds)]
         text += (f"\nCollected from the finished runs (`--collect-only`); not finished yet: "
                  f"{', '.join(missing) or 'none'} (the command resumes them).\n")
     md, _ = runner.write_results(args.results, "# MovieLens-100k cold items\n\n" + text,
