@@ -2,13 +2,12 @@
 saved as the best model, and resumed mid-epoch to the same numbers as an uninterrupted run."""
 from __future__ import annotations
 
-import json
-import shutil
 
 import pytest
 import torch
 
 from mmrec.training.ema import WeightAverage
+from tests.resuming import interrupted_copy
 
 
 def _model():
@@ -99,14 +98,7 @@ def test_resume_mid_epoch_with_the_average_is_exact(ema_run, tmp_path):
     from mmrec.training.trainer import train
     run_dir, metrics = ema_run
     resumed = tmp_path / "resumed"
-    shutil.copytree(run_dir, resumed)
-    for name in ("metrics.json", "model", "history.jsonl"):
-        p = resumed / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    for ck in (resumed / "checkpoints").iterdir():
-        if ck.name != "step-00000003":
-            shutil.rmtree(ck)
-    state = json.loads((resumed / "checkpoints/step-00000003/trainer_state.json").read_text())
+    state = interrupted_copy(run_dir, resumed, step=3)
     assert state["epoch"] == 0 and state["batch"] == 3
     _, again = train(load_config(resumed / "config.yaml"), resume_dir=resumed)
     assert again["val"] == metrics["val"] and again["test"] == metrics["test"]

@@ -4,7 +4,6 @@ The losses are checked against plain per-example references; the negatives' draw
 properties that make runs exact (partition-invariant, a function of the pairs' seeds); the
 distillation against its promise that nothing but training reads an ID embedding.
 """
-import json
 import shutil
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 
 from mmrec.data.batches import PairCollator, draw_negatives, negatives_per_pair
 from mmrec.losses import DistillationLoss, PositiveLookup, RatingRankingLoss, SamplingFrequencies
+from tests.resuming import interrupted_copy
 
 # the training pairs the frequencies come from (user, item): user 1 and item 10 are popular
 TRAIN = np.array([(0, 10), (1, 10), (1, 11), (2, 12), (1, 13), (3, 10), (4, 14), (0, 12), (2, 14),
@@ -229,14 +229,7 @@ def test_resume_mid_epoch_with_mixed_negatives_and_distillation_is_exact(samplin
     from mmrec.config import load_config
     run_dir, metrics = sampling_run
     resumed = tmp_path / "resumed"
-    shutil.copytree(run_dir, resumed)
-    for name in ("metrics.json", "model", "history.jsonl"):
-        p = resumed / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    for ck in (resumed / "checkpoints").iterdir():
-        if ck.name != "step-00000003":
-            shutil.rmtree(ck)
-    state = json.loads((resumed / "checkpoints/step-00000003/trainer_state.json").read_text())
+    state = interrupted_copy(run_dir, resumed, step=3)
     assert state["epoch"] == 0 and state["batch"] == 3              # in the middle of epoch 1
     _, again = train(load_config(resumed / "config.yaml"), resume_dir=resumed)
     assert again["val"] == metrics["val"] and again["test"] == metrics["test"]
