@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from mmrec import sweep as runner
 from mmrec.config import flatten, load_config
-from preprocessing.files import write_text_atomic
 from mmrec.sweep import run_cell, same_split
+from preprocessing.files import write_text_atomic
 
 DEFAULT_CFG = "configs/ml100k.yaml"
 PAPER_CFG = "configs/ml100k_paper.yaml"
@@ -95,14 +95,15 @@ def carry(found: dict, record: dict, prints: dict[str, str], seeds: list[int]) -
     carried = []
     for row, fp in prints.items():
         old = record.get(row)
-        if old is not None and old.get("fingerprint") == fp:
+        same = old is not None and old.get("fingerprint") == fp
+        if same:
             took = [s for s in seeds if s not in found.get(row, {}) and str(s) in old["seeds"]]
             for s in took:
                 found.setdefault(row, {})[s] = old["seeds"][str(s)]
             if took:
                 carried.append(f"{row} (seed{'s' if len(took) > 1 else ''} {', '.join(map(str, took))})")
         if row in found:
-            kept = old["seeds"] if old is not None and old.get("fingerprint") == fp else {}
+            kept = old["seeds"] if same else {}
             record[row] = {"fingerprint": fp, "seeds": {**kept, **{str(s): m for s, m in found[row].items()}}}
     return carried
 

@@ -12,10 +12,10 @@ what the uninterrupted run would have done.
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 import logging
 import resource
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
