@@ -17,7 +17,11 @@ in-memory ratings table (pyarrow's table size). Targets (issue 18): path <= 2x b
 <= 3x the table.
 
     python scripts/bench_data.py --work /tmp/ml25m-bench          # full size
+    python scripts/bench_data.py --work /tmp/small --scale 0.1     # a tenth (quick iteration only)
     python scripts/bench_data.py --work /tmp/small --ratings 1000000 --users 8000 --movies 4000
+
+The load average is printed with the figures: other jobs on the machine slow pyarrow's
+two-threaded bare read most, so the ratio is only comparable between quiet runs.
 """
 from __future__ import annotations
 
@@ -105,7 +109,12 @@ def main(argv=None) -> int:
     ap.add_argument("--users", type=int, default=162_541)
     ap.add_argument("--movies", type=int, default=62_423)
     ap.add_argument("--ratings", type=int, default=25_000_095)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply users, movies and ratings (e.g. 0.1 for quick iteration; figures at 1.0)")
     args = ap.parse_args(argv)
+    if args.scale != 1.0:
+        args.users, args.movies, args.ratings = (max(1, int(round(v * args.scale)))
+                                                 for v in (args.users, args.movies, args.ratings))
     root = Path(args.work) / f"ml25m-synthetic-v2-{args.users}-{args.movies}-{args.ratings}"
     if not (root / "ratings.csv").exists():
         t = time.perf_counter()
@@ -153,13 +162,18 @@ def main(argv=None) -> int:
 
     print(f"SYNTHETIC ML-25M-size data: {n_rows:,} ratings, {args.users:,} users, {args.movies:,} movies; "
           f"{len(ds.interactions):,} interactions kept, {len(pairs):,} training pairs, {len(order[0]):,} in the order")
-    print(f"bare pyarrow read of ratings.csv: {bare:.1f} s; in-memory ratings table {table_mib:.0f} MiB")
+    print(f"bare pyarrow read of ratings.csv: {bare:.2f} s; in-memory ratings table {table_mib:.0f} MiB")
     for k, v in times.items():
-        print(f"  {k:6s} {v:7.1f} s")
-    print(f"whole path {total:.1f} s = {total / bare:.2f}x the bare read (target <= 2x)")
+        print(f"  {k:6s} {v:7.2f} s")
+    print(f"whole path {total:.2f} s = {total / bare:.2f}x the bare read (target <= 2x)")
     print(f"peak RSS {peak:.0f} MiB = {peak / table_mib:.2f}x the ratings table (target <= 3x); "
           f"{base_rss:.0f} MiB before reading (the imports: torch, pandas, pyarrow)"
           + ("" if reset else "; peak not reset: it includes the reference read"))
+    try:
+        with open("/proc/loadavg") as f:
+            print(f"load average (1, 5, 15 min): {' '.join(f.read().split()[:3])}")
+    except OSError:
+        pass
     return 0
 
 

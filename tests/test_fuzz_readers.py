@@ -258,9 +258,10 @@ def rating_rows(draw, n_columns=4, tokens_ok=lambda v: True):
     return row
 
 
-def expected_ratings(rows, lines, names, known={"1", "2", "3", "4", "5", "6"}):
+def expected_ratings(rows, lines, names, known={"1", "2", "3", "4", "5", "6"}, integer_ids=False):
     """(skips by reason -> lines, the rows that must come out, the first malformed line and
-    what it must say) from the generated rows; `names`: the file's column names."""
+    what it must say) from the generated rows; `names`: the file's column names. integer_ids
+    (GroupLens, the ml25m reader): an id is its integer, so '03' is user 3."""
     skips = {k: [] for k in ("empty row", "wrong number of fields", *(f"malformed {names[c]}" for c in ORDER),
                              "unknown item id", "duplicate (user, item) row; kept the latest")}
     first_bad, valid = None, []
@@ -279,7 +280,10 @@ def expected_ratings(rows, lines, names, known={"1", "2", "3", "4", "5", "6"}):
             first_bad = first_bad or (line, col)
             continue
         v = dict(zip(RATING_COLUMNS, r["values"]))
-        rec = (v["userId"].strip(), v["movieId"].strip(), _float(v["rating"]), _int(v["timestamp"]), line)
+        uid, mid = v["userId"].strip(), v["movieId"].strip()
+        if integer_ids:
+            uid, mid = str(int(uid)), str(int(mid))
+        rec = (uid, mid, _float(v["rating"]), _int(v["timestamp"]), line)
         if rec[1] not in known:
             skips["unknown item id"].append(line)
         else:
@@ -293,8 +297,9 @@ def expected_ratings(rows, lines, names, known={"1", "2", "3", "4", "5", "6"}):
     return skips, out, first_bad
 
 
-def check_ratings(ds, msg, path, rows, lines, mode, names=None):
-    skips, out, first_bad = expected_ratings(rows, lines, names or {c: c for c in RATING_COLUMNS})
+def check_ratings(ds, msg, path, rows, lines, mode, names=None, integer_ids=False):
+    skips, out, first_bad = expected_ratings(rows, lines, names or {c: c for c in RATING_COLUMNS},
+                                             integer_ids=integer_ids)
     if mode == "error" and first_bad:
         line, col = first_bad
         check_error(msg, path, line, "fields, the header has" if col == "fields" else col)
@@ -317,7 +322,7 @@ def test_fuzz_ml25m_ratings(rows, fmt, mode):
         data, lines = render(RATING_COLUMNS, rows, **fmt)
         (root / "ratings.csv").write_bytes(data)
         ds, msg = outcome(lambda: read_ml25m({"path": str(root), "on_bad_row": mode}))
-        check_ratings(ds, msg, root / "ratings.csv", rows, lines, mode)
+        check_ratings(ds, msg, root / "ratings.csv", rows, lines, mode, integer_ids=True)
 
 
 def _atomic_ok(v: str) -> bool:

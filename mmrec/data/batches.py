@@ -41,7 +41,12 @@ class EpochSampler(Sampler):
 
     def order(self) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        perm = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.shuffle:   # rng.permutation(n) bit for bit (the same draws), shuffled as int32:
+            perm = np.arange(self.n, dtype=np.int32 if self.n < 2 ** 31 else np.int64)   # half the bytes
+            rng.shuffle(perm)
+            perm = perm.astype(np.int64)
+        else:
+            perm = np.arange(self.n)
         if self.group_size > 1:
             perm = self._grouped(perm, rng)
         seeds = rng.integers(0, 2 ** 62, size=self.n)

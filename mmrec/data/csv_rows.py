@@ -153,7 +153,13 @@ def read_csv_rows(path: str | Path, sep: str = ",", quoting: bool = True,
                   numeric: dict[str, pa.DataType] | None = None) -> CsvRows:
     """`numeric`: columns to parse as numbers in the same pass (the 25M-row ratings file: no
     string copy of them is ever made) when every value of them is one; any other value and
-    the whole file is read as strings, so the caller's row checks name it as written."""
+    the whole file is read as strings, so the caller's row checks name it as written. What
+    pyarrow's number parsers take is wider than the string checks (hexadecimal integers,
+    '-0' as an integer, 'inf'): the file is read as strings when it holds an 'x' or 'X' (and an
+    integer column is asked for); a caller must re-read as strings (`as_strings`) where a
+    parsed value could be a spelling its checks reject (an id 0 could be '-0', a non-finite
+    rating 'inf'). A column asked for as int32 (ids: half the memory) that holds a larger
+    integer is read again as int64."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -167,14 +173,27 @@ def read_csv_rows(path: str | Path, sep: str = ",", quoting: bool = True,
     size = path.stat().st_size
     # Only a quote after the header can open a field holding line breaks (a writer may quote
     # every header name, as pyarrow's does).
-    has_quote = quoting and _find(path, b'"', _line_offset(path, header_lines + 1))
     types = {n: pa.string() for n in raw_names}
     wanted = {raw: numeric[name] for raw, name in zip(raw_names, names) if numeric and name in numeric}
-    try:   # with numbers, the strings as large_string: what pandas holds, so it takes them uncopied
-        table, invalid = _arrow_read(path, raw_names, sep, quoting, has_quote, size,
-                                     {**{n: pa.large_string() for n in raw_names}, **wanted})
-    except _NotNumeric:
+    hex_possible = any(pa.types.is_integer(t) for t in wanted.values())
+    found = _find_bytes(path, (b'"' if quoting else b"") + (b"xX" if hex_possible else b""),
+                        _line_offset(path, header_lines + 1))
+    has_quote = b'"' in found
+    if found & {b"x", b"X"}:
+        # pyarrow's integer parser also takes hexadecimal ('0x1F'), which the string checks
+        # reject: a file with an x anywhere after its header is read as strings
         wanted = {}
+    table = None
+    while wanted:   # with numbers, the strings as large_string: what pandas holds, so it takes them uncopied
+        try:
+            table, invalid = _arrow_read(path, raw_names, sep, quoting, has_quote, size,
+                                         {**{n: pa.large_string() for n in raw_names}, **wanted})
+            break
+        except _NotNumeric as e:
+            # an int32 column with a larger integer: again as int64; any other value: strings
+            wider = {n: pa.int64() if t == pa.int32() else t for n, t in wanted.items()}
+            wanted = wider if "to int32" in str(e) and wider != wanted else {}
+    if table is None:
         table, invalid = _arrow_read(path, raw_names, sep, quoting, has_quote, size, types)
     release_arrow_memory()   # the parser's scratch blocks, before the checks allocate
     if table.column_names != list(raw_names) or any(
@@ -244,6 +263,22 @@ def _not_utf8(path: Path, offset: int, data) -> DataError:
     line = 1 + len(_LINE_BREAK_BYTES.findall(prefix))
     return DataError(f"{path} line {line}: not valid UTF-8 (byte 0x{data[offset]:02x} at offset "
                      f"{offset}); the file must be UTF-8 encoded")
+
+
+def _find_bytes(path: Path, needles: bytes, start: int = 0, block: int = 1 << 20) -> set[bytes]:
+    """Which of the single bytes `needles` occur in the file from offset `start`: one pass,
+    a cache-sized block at a time (memchr per needle), stopping once all are found."""
+    left, found = {needles[k:k + 1] for k in range(len(needles))}, set()
+    buf = bytearray(block)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        while left and (n := f.readinto(buf)):
+            chunk = buf if n == block else buf[:n]
+            for b in list(left):
+                if chunk.find(b) >= 0:
+                    found.add(b)
+                    left.discard(b)
+    return found
 
 
 def _find(path: Path, needle: bytes, start: int = 0) -> bool:
@@ -347,7 +382,7 @@ def _arrow_read(path: Path, raw_names: list[str], sep: str, quoting: bool, has_q
         except pa.ArrowInvalid as e:
             msg = str(e)
             if "conversion error" in msg and not all(is_text(t) for t in types.values()):
-                raise _NotNumeric() from None
+                raise _NotNumeric(msg.splitlines()[0]) from None
             if "straddl" in msg and block < _MAX_BLOCK_BYTES:     # a row longer than a block
                 block = min(_MAX_BLOCK_BYTES, max(block * 8, size + 1))
                 continue

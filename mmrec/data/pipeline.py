@@ -28,8 +28,9 @@ READER_KEYS = ("source", "path", "synopsis_file", "trailer_dir", "on_bad_row")
 
 
 # Bumped whenever a reader's output can change for the same files, so old caches are not reused
-# (2: the row-checked pyarrow CSV path, which no longer shifts columns on an extra first-row field).
-READER_VERSION = 2
+# (2: the row-checked pyarrow CSV path, which no longer shifts columns on an extra first-row field;
+# 3: ml25m ids are integers, so '007' comes out as '7').
+READER_VERSION = 3
 
 
 def source_key(data_cfg: dict) -> str:

@@ -20,11 +20,16 @@ Each reader checks its input row by row, vectorised (pyarrow / numpy over whole 
 
 Valid values come out unchanged: ids as written (surrounding whitespace stripped), the rating
 as a float, the timestamp as an integer. rows in = rows out + reported skips, checked per file.
+The ml25m reader's ids (GroupLens') are integers in every file it reads (`check_int_ids`): an
+id is its value, so '007' and '7' are one movie and come out as '7'; malformed-value messages
+still quote the value as written. Its ratings.csv is parsed once, typed (`read_int_ratings`).
 """
 from __future__ import annotations
 
 import itertools
+import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,8 +41,8 @@ import pyarrow.compute as pc
 
 from mmrec import assets
 from mmrec.data.csv_rows import CsvRows, is_text, read_csv_rows, show
-from mmrec.data.tables import (MAX_TIMESTAMP, DataError, MultiModalDataset, TableCount, digit_ints, id_codes,
-                               isin, release_arrow_memory)
+from mmrec.data.tables import (MAX_TIMESTAMP, DataError, IntIds, MultiModalDataset, TableCount, digit_ints,
+                               id_codes, int_codes, int_strings, isin, isin_ints, release_arrow_memory)
 from mmrec.plugins import load_plugins
 from mmrec.registry import Registry
 
@@ -186,6 +191,36 @@ def check_ids(raw) -> tuple[pa.Array, list[tuple[np.ndarray, str]]]:
         ok = ~empty & np.isfinite(v) & (v == np.floor(v)) & (v >= 0) & (v < 2.0 ** 63)
     ids = np.where(ok, np.nan_to_num(v), 0).astype(np.int64).astype(str).astype(object)
     return pa.array(ids, pa.string()), [(empty, "is empty"), (~empty & ~ok, "is not an integer id")]
+
+
+_INT64_MAX = str(2 ** 63 - 1)
+
+
+def check_int_ids(raw) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
+    """GroupLens ids (every file of the ml25m reader): a non-negative integer below 2**63,
+    written in ASCII digits, surrounding whitespace allowed. The id is the integer, so '007'
+    and '7' are the same movie (GroupLens writes ids as integers; a leading zero is a quirk of
+    some writer, not another id), as pyarrow's typed read of the ratings file gives them.
+    Returns the integers (int64, 0 where malformed) and the malformed masks."""
+    s = _text(raw)
+    empty = _np(pc.binary_length(s)) == 0
+    digits = _np(pc.fill_null(pc.ascii_is_decimal(s), False))
+    significant = pc.utf8_ltrim(s, characters="0")
+    width = _np(pc.binary_length(significant))
+    too_big = digits & ((width > 19) | ((width == 19) & _np(pc.fill_null(pc.greater(significant, _INT64_MAX), False))))
+    ok = digits & ~too_big
+    ints, pos = np.zeros(len(ok), dtype=np.int64), 0
+    for chunk in (s.chunks if isinstance(s, pa.ChunkedArray) else [s]):   # no whole-column copy
+        k = ok[pos:pos + len(chunk)]
+        ints[pos:pos + len(chunk)] = _np(pc.cast(pc.if_else(pa.array(k), chunk, "0"), pa.int64()))
+        pos += len(chunk)
+    return ints, [(empty, "is empty"), (~empty & ~digits, "is not an integer id"),
+                                              (too_big, "is not an integer id below 2**63")]
+
+
+def canonical_ids(ints: np.ndarray) -> np.ndarray:
+    """Integer ids as the strings the canonical tables hold (`str` of the integer)."""
+    return np.asarray(ints, dtype=np.int64).astype(str).astype(object)
 
 
 def check_ratings(raw) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
@@ -359,12 +394,7 @@ def parse_ratings(df, path: Path, columns: dict[str, str], known_items: pd.Serie
     del users, items
     if len(repeated):
         rows = _all_rows(rows, n)
-        order = repeated[np.lexsort((line[rows[repeated]], _at(values["timestamp"], rows[repeated])))]
-        latest = order[::-1][np.unique(pair[order[::-1]], return_index=True)[1]]
-        dup = np.zeros(len(rows), dtype=bool)
-        dup[repeated] = True
-        dup[latest] = False
-        shown = order[dup[order]][:5]                                  # in (timestamp, line) order
+        dup, shown = _earlier_repeats(pair, repeated, line[rows[repeated]], _at(values["timestamp"], rows[repeated]))
         count.skips.add("duplicate (user, item) row; kept the latest", int(dup.sum()),
                         [f"line {line[r]}: user {values['user_id'][int(r)].as_py()} item "
                          f"{values['item_id'][int(r)].as_py()}" for r in rows[shown]])
@@ -381,6 +411,189 @@ def parse_ratings(df, path: Path, columns: dict[str, str], known_items: pd.Serie
     count.rows_out = len(out)
     count.check()
     return out, count
+
+
+def _earlier_repeats(pair: np.ndarray, repeated: np.ndarray, lines: np.ndarray, stamps: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Of the rows `repeated` (those whose `pair` key occurs more than once; their `lines` and
+    `stamps`), all but each pair's latest (by timestamp, then line): (a mask over the rows, the
+    first five of them in (timestamp, line) order, for the report)."""
+    order = repeated[np.lexsort((lines, stamps))]
+    latest = order[::-1][np.unique(pair[order[::-1]], return_index=True)[1]]
+    dup = np.zeros(len(pair), dtype=bool)
+    dup[repeated] = True
+    dup[latest] = False
+    return dup, order[dup[order]][:5]
+
+
+def read_int_ratings(path: Path, columns: dict[str, str], known_items: pd.Series, on_bad_row: str
+                     ) -> tuple[pd.DataFrame, TableCount, tuple[np.ndarray, np.ndarray]]:
+    """GroupLens ratings.csv (the ml25m reader): `parse_ratings` with integer ids
+    (`check_int_ids`), giving also the kept rows' (user, item) integers for `IntIds`.
+
+    The file is parsed once with every column typed (ids int32, or int64 where one does not
+    fit; rating float64, as the string path parses it; timestamp int64), as pyarrow's bare read
+    does. When every value is a number in range, no row can be
+    malformed but one with another number of fields, and the checks are a few arrow
+    reductions. Otherwise, or where a parsed value could be a spelling the string checks
+    reject (an id 0 may be written '-0'; hexadecimal is kept out by `read_csv_rows`), the file
+    is read again as strings and checked as `parse_ratings` does, so every message names the
+    value as written. Either way the rest works on the integers: unknown items by a lookup
+    table, duplicate (user, item) rows by one ordered scan (none in a file in (user, item)
+    order, as GroupLens ships it), and the id strings are written once, at the end."""
+    rows = read_csv_rows(path, numeric={columns["user_id"]: pa.int32(), columns["item_id"]: pa.int32(),
+                                        columns["rating"]: pa.float64(), columns["timestamp"]: pa.int64()})
+    _require_columns(rows, list(columns.values()), path)
+    if rows.numeric and not _typed_ratings_ok(rows, columns):
+        rows = rows.as_strings()
+    count = TableCount(str(path), rows_in=rows.rows_in)
+    line = rows.line
+    if rows.numeric:     # nothing malformed but rows with another number of fields
+        reject_or_skip(path, count, on_bad_row, line, [], _wrong_fields(rows))
+        user, item = _narrow_ints(rows.text(columns["user_id"])), _narrow_ints(rows.text(columns["item_id"]))
+        rating, timestamp = rows.text(columns["rating"]), rows.text(columns["timestamp"])
+    else:
+        empty = _skip_empty_rows(rows, count)
+        checks, values = [], {}
+        for canon, check in (("rating", check_ratings), ("timestamp", check_timestamps),
+                             ("user_id", check_int_ids), ("item_id", check_int_ids)):
+            raw = rows.text(columns[canon])
+            values[canon], whats = check(raw)
+            checks += _value_checks(columns[canon], raw, whats, empty)
+        bad = reject_or_skip(path, count, on_bad_row, line, checks, _wrong_fields(rows)) | empty
+        keep = np.flatnonzero(~bad) if bad.any() else None
+        user, item = (_narrow_ints(_take_any(values[c], keep)) for c in ("user_id", "item_id"))
+        rating, timestamp = _take_any(values["rating"], keep), _take_any(values["timestamp"], keep)
+        line = line if keep is None else line[keep]
+        del values, checks
+    numbers = {"rating": rating, "timestamp": timestamp}
+    del rows, rating, timestamp     # the parsed table: only the columns taken above stay
+    release_arrow_memory()
+    out, user, item = _int_ratings_table(count, line, user, item, numbers, known_items)
+    count.rows_out = len(out)
+    count.check()
+    return out, count, (user, item)
+
+
+def _typed_ratings_ok(rows: CsvRows, columns: dict[str, str]) -> bool:
+    """Whether the typed columns hold only valid values written in no spelling the string checks
+    reject: ids > 0 (0 could be '-0'), ratings finite and >= 0, |timestamps| < 1e15."""
+    u, i, r, t = (rows.text(columns[c]) for c in ("user_id", "item_id", "rating", "timestamp"))
+    if not all(pa.types.is_integer(x.type) for x in (u, i, t)) or not pa.types.is_floating(r.type) \
+            or any(x.null_count for x in (u, i, r, t)):
+        return False
+    if not len(u):
+        return True
+    # One pass per check: the sum is finite unless a rating is NaN or infinite (or finite ones
+    # add up past 1e308: then the string checks decide, as for any doubt).
+    t_range = pc.min_max(t).as_py()
+    return (pc.min(u).as_py() > 0 and pc.min(i).as_py() > 0
+            and math.isfinite(pc.sum(r).as_py()) and pc.min(r).as_py() >= 0
+            and -MAX_TIMESTAMP < t_range["min"] and t_range["max"] < MAX_TIMESTAMP)
+
+
+def _narrow_ints(values) -> np.ndarray:
+    """Non-negative integer ids as one int32 numpy array where they all fit (half the memory of
+    the 25M rows), else int64; from arrow a chunk at a time (no whole-column int64 copy)."""
+    n = len(values)
+    arrow = isinstance(values, (pa.Array, pa.ChunkedArray))
+    if arrow and values.type == pa.int32():
+        top = 0
+    else:
+        top = (pc.max(values).as_py() if arrow else (int(values.max()) if n else 0)) or 0
+    dtype = np.int32 if top < 2 ** 31 else np.int64
+    if not arrow:
+        return values.astype(dtype, copy=False)
+    out, pos = np.empty(n, dtype=dtype), 0
+    for chunk in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]):
+        out[pos:pos + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        pos += len(chunk)
+    return out
+
+
+def _take_any(values, rows: np.ndarray | None):
+    """values[rows] for a numpy or an arrow column; the column itself for rows None."""
+    if rows is None:
+        return values
+    return values[rows] if isinstance(values, np.ndarray) else pc.take(values, pa.array(rows))
+
+
+def _increasing(u: np.ndarray, i: np.ndarray, block: int = 1 << 20) -> bool:
+    """Whether the (u, i) pairs strictly increase (so none repeats), a block at a time (small
+    temporaries, cache-sized)."""
+    for s in range(0, max(len(u) - 1, 0), block):
+        a, b = u[s:s + block + 1], i[s:s + block + 1]
+        if not np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] > b[:-1]))):
+            return False
+    return True
+
+
+def _int_pair_keys(u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """One int64 per (user, item) row, equal iff both ids are."""
+    if len(u) and int(u.max()) >= (1 << 62) // (int(i.max()) + 1):
+        u, i = int_codes(u)[0], int_codes(i)[0]
+    pair = u.astype(np.int64)
+    pair *= int(i.max()) + 1 if len(i) else 1
+    pair += i
+    return pair
+
+
+def _known_ints(known_items: pd.Series) -> np.ndarray:
+    ints = digit_ints(known_items)     # the items' ids are `str` of integers (read_id_table)
+    return ints if ints is not None else np.array([int(v) for v in known_items], dtype=np.int64)
+
+
+def _int_ratings_table(count: TableCount, line, user: np.ndarray, item: np.ndarray, numbers: dict,
+                       known_items: pd.Series) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The checked rows, less those of unknown items and all but the latest of a repeated
+    (user, item) pair (counted and reported), as the canonical interaction columns, with their
+    integer ids. `numbers` (rating, timestamp) is emptied as its columns are taken."""
+    n = len(user)
+    timestamp = numbers["timestamp"]
+    rows = None      # None: every row
+    unknown = ~isin_ints(item, _known_ints(known_items))
+    if unknown.any():
+        count.skips.add("unknown item id", int(unknown.sum()),
+                        [f"line {line[r]}: item {item[r]}" for r in np.flatnonzero(unknown)[:5]])
+        rows = np.flatnonzero(~unknown)
+        user, item = user[rows], item[rows]
+    del unknown
+    # Keep the latest rating of a (user, item) pair (by timestamp, then line); earlier ones are
+    # reported as duplicates. A file in (user, item) order has none (nor has any subset of it).
+    if not _increasing(user, item):
+        pair = _int_pair_keys(user, item)
+        repeated = np.flatnonzero(pd.Series(pair, copy=False).duplicated(keep=False).to_numpy())
+        if len(repeated):
+            at = _all_rows(rows, n)
+            dup, shown = _earlier_repeats(pair, repeated, line[at[repeated]], _at(timestamp, at[repeated]))
+            count.skips.add("duplicate (user, item) row; kept the latest", int(dup.sum()),
+                            [f"line {line[at[k]]}: user {user[k]} item {item[k]}" for k in shown])
+            rows, user, item = at[~dup], user[~dup], item[~dup]
+        del pair
+    del timestamp
+    # The numbers first, to numpy (the arrow columns freed as they go), then the id strings:
+    # the largest columns are never built while the parsed ones are still held.
+    rating = _numpy_column(_take(_arrow(numbers.pop("rating")), rows), np.float32)
+    timestamp = _numpy_column(_take(_arrow(numbers.pop("timestamp")), rows), np.int64)
+    release_arrow_memory()
+    with ThreadPoolExecutor(2) as pool:    # arrow's take runs without the GIL: both cores
+        strings = dict(zip(("user_id", "item_id"), pool.map(int_strings, (user, item))))
+    strings = pa.table(strings).cast(pa.schema([("user_id", pa.large_string()), ("item_id", pa.large_string())]))
+    out = pd.DataFrame({**{c: strings.select([c]).to_pandas(split_blocks=True)[c] for c in strings.column_names},
+                        "rating": rating, "timestamp": timestamp}, copy=False)
+    del strings, rating, timestamp
+    release_arrow_memory()
+    return out, user, item
+
+
+def _numpy_column(values, dtype) -> np.ndarray:
+    """A numeric arrow column as one numpy array of `dtype`, cast by arrow (as the canonical
+    table's schema cast does) a chunk at a time: no whole-column temporary."""
+    out, pos = np.empty(len(values), dtype=dtype), 0
+    for chunk in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]):
+        out[pos:pos + len(chunk)] = pc.cast(chunk, pa.from_numpy_dtype(dtype)).to_numpy(zero_copy_only=False)
+        pos += len(chunk)
+    return out
 
 
 def _arrow(values):
@@ -456,12 +669,15 @@ def _id_strings(s: pd.Series) -> np.ndarray:
 def read_id_table(path: Path, id_column: str, needed: list[str], on_bad_row: str,
                   rows: CsvRows | None = None, duplicate_reason: str | None = None,
                   known: pd.Series | None = None, unknown_reason: str = "unknown movieId",
-                  nonempty: tuple[str, ...] = ()) -> tuple[pd.DataFrame, TableCount, np.ndarray]:
+                  nonempty: tuple[str, ...] = (), integer_ids: bool = False
+                  ) -> tuple[pd.DataFrame, TableCount, np.ndarray]:
     """A table keyed by an integer id column (movies, links, synopses, trailers, RecBole items
     and users): (the rows kept, as a DataFrame of strings, ids stripped; their count; their
     lines). Empty rows and rows with an empty id (or an empty `nonempty` column) are dropped and
     reported; wrong field counts and non-integer ids follow `on_bad_row`; ids not in `known`
-    and repeated ids (the first is kept, with `duplicate_reason`) are dropped and reported."""
+    and repeated ids (the first is kept, with `duplicate_reason`) are dropped and reported.
+    integer_ids (ml25m): ids are integers (`check_int_ids`: '007' is 7) and come out as `str`
+    of the integer, so this table's ids and the ratings' typed ones are the same strings."""
     rows = rows if rows is not None else _read_table(path)
     _require_columns(rows, needed, path)
     count = TableCount(str(path), rows_in=rows.rows_in)
@@ -470,14 +686,20 @@ def read_id_table(path: Path, id_column: str, needed: list[str], on_bad_row: str
         blank = (_np(pc.binary_length(rows.text(column, strip=True))) == 0) & ~drop
         count.skips.add(f"empty {column}", int(blank.sum()), [f"line {l}" for l in rows.line[blank][:5]])
         drop |= blank
-    digits = _np(pc.fill_null(pc.ascii_is_decimal(rows.text(id_column, strip=True)), False))
     raw = rows.text(id_column)
-    checks = [(f"malformed {id_column}", ~digits & ~drop,
-               lambda i: f"{id_column} {show(_raw_value(raw, i))} is not an integer id")]
+    if integer_ids:
+        ints, whats = check_int_ids(raw)
+        checks = [(f"malformed {id_column}", mask & ~drop,
+                   (lambda what: lambda i: f"{id_column} {show(_raw_value(raw, i))} {what}")(what))
+                  for mask, what in whats[1:]]      # empty ones: dropped above
+    else:
+        digits = _np(pc.fill_null(pc.ascii_is_decimal(rows.text(id_column, strip=True)), False))
+        checks = [(f"malformed {id_column}", ~digits & ~drop,
+                   lambda i: f"{id_column} {show(_raw_value(raw, i))} is not an integer id")]
     drop |= reject_or_skip(path, count, on_bad_row, rows.line, checks, _wrong_fields(rows))
     rows = rows.take(~drop)
     df = rows.table.to_pandas()
-    df[id_column] = rows.strings(id_column, strip=True)
+    df[id_column] = canonical_ids(ints[~drop]) if integer_ids else rows.strings(id_column, strip=True)
     keep = np.ones(len(df), dtype=bool)
     if known is not None:
         unknown = ~isin(df[id_column], known)
@@ -565,7 +787,7 @@ def _read_item_map(path: Path, columns: list[str], known_items: pd.Series, dupli
     rows of unknown, empty or repeated movieIds (and with an empty `nonempty` column) are
     dropped, counted and reported; wrong field counts and non-integer movieIds follow `on_bad_row`."""
     df, count, _ = read_id_table(path, "movieId", columns, on_bad_row, known=known_items,
-                                 duplicate_reason=duplicate_reason, nonempty=nonempty)
+                                 duplicate_reason=duplicate_reason, nonempty=nonempty, integer_ids=True)
     return df.set_index("movieId"), count
 
 
@@ -582,14 +804,15 @@ def read_ml25m(data_cfg: dict) -> MultiModalDataset:
 
     movies_path = root / "movies.csv"
     movies, item_count, _ = read_id_table(movies_path, "movieId", ["movieId", "title", "genres"],
-                                          on_bad_row, duplicate_reason="duplicate movieId; kept the first")
-    titles, years = zip(*(split_title_year(t) for t in movies["title"])) if len(movies) else ((), ())
+                                          on_bad_row, duplicate_reason="duplicate movieId; kept the first",
+                                          integer_ids=True)
+    titles, years = zip(*(split_title_year(t) for t in movies["title"].tolist())) if len(movies) else ((), ())
     items = pd.DataFrame({
         "item_id": movies["movieId"].to_numpy(),
         "title": list(titles),
         "year": list(years),
         "genres": [[] if g.strip() in ("(no genres listed)", "") else g.strip().split("|")
-                   for g in movies["genres"]],
+                   for g in movies["genres"].tolist()],
     })
     report = {"items": item_count}
 
@@ -618,13 +841,12 @@ def read_ml25m(data_cfg: dict) -> MultiModalDataset:
                             for y in youtube]
 
     ratings_path = root / "ratings.csv"
-    inter, inter_count = parse_ratings(
-        read_csv_rows(ratings_path, numeric={"rating": pa.float64(), "timestamp": pa.int64()}), ratings_path, {"user_id": "userId", "item_id": "movieId",
-                                                  "rating": "rating", "timestamp": "timestamp"},
+    inter, inter_count, (users, movies) = read_int_ratings(
+        ratings_path, {"user_id": "userId", "item_id": "movieId", "rating": "rating", "timestamp": "timestamp"},
         items["item_id"], on_bad_row)
     report["interactions"] = inter_count
     return MultiModalDataset("ml25m", items, inter, None, report,
-                             {"reader": "ml25m", "path": str(root)}, root)
+                             {"reader": "ml25m", "path": str(root)}, root, IntIds.of(inter, users, movies))
 
 
 @register_reader("processed", cached=False)

@@ -14,9 +14,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec.data.tables import DataError, MultiModalDataset, id_codes, isin
+from mmrec.data.tables import DataError, MultiModalDataset, id_codes, int_codes, isin
 
 PARTS = ("train", "val", "test")
+
+
+def _ordered(rows: np.ndarray, cols: np.ndarray, block: int = 1 << 20) -> bool:
+    """Whether the (row, col) pairs never decrease, a block at a time (no key column built)."""
+    for s in range(0, max(len(rows) - 1, 0), block):
+        a, b = rows[s:s + block + 1], cols[s:s + block + 1]
+        if not np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] >= b[:-1]))):
+            return False
+    return True
 
 
 @dataclass
@@ -28,13 +37,13 @@ class CSR:
 
     @classmethod
     def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int) -> "CSR":
-        key = rows.astype(np.int64)       # in place from here: one int64 column at the peak
-        key *= int(cols.max()) + 1 if len(cols) else 1
-        key += cols
-        if not np.all(key[1:] >= key[:-1]):    # already in (row, column) order: no sort
+        if not _ordered(rows, cols):     # already in (row, column) order (GroupLens'): no sort
+            key = rows.astype(np.int64)       # in place from here: one int64 column at the peak
+            key *= int(cols.max()) + 1 if len(cols) else 1
+            key += cols
             order = np.argsort(key, kind="stable")
+            del key
             rows, cols = rows[order], cols[order]
-        del key
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         indptr[1:] = np.cumsum(np.bincount(rows, minlength=n_rows))
         return cls(indptr, cols.astype(np.int64, copy=False))
@@ -84,8 +93,11 @@ class Split:
         return np.flatnonzero(self.positives[part].row_lengths() > 0)
 
     def train_pairs(self) -> np.ndarray:
-        u, i = self.positives["train"].pairs()
-        return np.stack([u, i], axis=1).astype(np.int64)
+        csr = self.positives["train"]
+        pairs = np.empty((len(csr.indices), 2), dtype=np.int64)    # filled in place: no stacked copy
+        pairs[:, 0] = np.repeat(np.arange(csr.n_rows), csr.row_lengths())
+        pairs[:, 1] = csr.indices
+        return pairs
 
     def save(self, path: str | Path) -> None:
         arrays = {"user_ids": self.user_ids.astype(str), "item_ids": self.item_ids.astype(str),
@@ -111,6 +123,26 @@ def _sorted_ids(ids: np.ndarray) -> np.ndarray:
         return np.sort(uniq.astype(str))
 
 
+def value_codes(ints: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Codes of integer ids for the split: (codes, code -> id string, whether the codes are the
+    ids themselves). For small non-negative ids (MovieLens') the id is its own code: no
+    lookup pass over the 25M rows, and codes in numeric order (code k is the string of k,
+    whether or not a row has it); else `int_codes`."""
+    if len(ints) and int(ints.min()) >= 0 and int(ints.max()) < 4 * len(ints) + 1024:
+        return ints, np.arange(int(ints.max()) + 1).astype(str), True
+    return (*int_codes(ints), False)
+
+
+def _bincount(codes: np.ndarray, n: int, keep: np.ndarray | None = None, block: int = 1 << 20) -> np.ndarray:
+    """np.bincount(codes[keep], minlength=n), a block at a time: bincount converts its input to
+    int64, so a 25M-row int32 column would be copied whole (and `codes[keep]` once more)."""
+    counts = np.zeros(n, dtype=np.int64)
+    for s in range(0, len(codes), block):
+        c = codes[s:s + block]
+        counts += np.bincount(c if keep is None else c[keep[s:s + block]], minlength=n)
+    return counts
+
+
 def part_sizes(n: int, ratios: list[float]) -> tuple[int, int, int]:
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
         raise DataError(f"split.ratios must be three non-negative numbers, got {ratios}")
@@ -130,35 +162,51 @@ def make_split(ds: MultiModalDataset, data_cfg: dict, split_cfg: dict,
     items = ds.items
     inter = ds.interactions
     stats: dict = {"items_in": len(items), "interactions_in": len(inter)}
-    # Every row-wise step works on integer codes of the ids (factorised once, by hashing), so a
-    # 25M-rating table is never turned into Python strings nor hashed as strings twice.
-    ucode, uniq_users = id_codes(inter["user_id"])
-    icode, uniq_items = id_codes(inter["item_id"])
-    keep = np.ones(len(inter), dtype=bool)
+    # Every row-wise step works on integer codes of the ids, so a 25M-rating table is never
+    # turned into Python strings nor hashed as strings: from the reader's integer ids where it
+    # gave them (ml25m; `IntIds`), else factorised once from the strings.
+    ints = ds.id_ints()
+    if ints is not None:
+        (ucode, uniq_users, by_value), (icode, uniq_items, _) = value_codes(ints.user), value_codes(ints.item)
+    else:
+        (ucode, uniq_users), (icode, uniq_items), by_value = id_codes(inter["user_id"]), id_codes(inter["item_id"]), False
+    keep = None      # None: every row (no 25M-row mask until one is dropped)
     if keep_items is not None:
         dropped = items["item_id"][~keep_items]
         stats["items_dropped_no_content"] = int((~keep_items).sum())
         items = items[keep_items]
-        gone = isin(uniq_items, dropped.astype(str))[icode]
-        stats["interactions_dropped_no_content"] = int(gone.sum())
-        keep &= ~gone
-    counts = np.bincount(ucode if keep.all() else ucode[keep], minlength=len(uniq_users))
+        gone_code = isin(uniq_items, dropped.astype(str))
+        gone = gone_code[icode] if gone_code.any() else None
+        stats["interactions_dropped_no_content"] = 0 if gone is None else int(gone.sum())
+        keep = None if gone is None else ~gone
+    counts = _bincount(ucode, len(uniq_users), keep)
     present = counts > 0
     enough = present & (counts >= int(data_cfg["min_user_ratings"]))
     stats["users_in"] = int(present.sum())
     stats["users_dropped_few_ratings"] = int((present & ~enough).sum())
-    low = keep & ~enough[ucode]
-    stats["interactions_dropped_few_ratings"] = int(low.sum())
-    keep &= ~low
-    n_kept = int(keep.sum())
+    if stats["users_dropped_few_ratings"]:
+        low = ~enough[ucode] if keep is None else keep & ~enough[ucode]
+        stats["interactions_dropped_few_ratings"] = int(low.sum())
+        keep = ~low if keep is None else keep & ~low
+        del low
+    else:
+        stats["interactions_dropped_few_ratings"] = 0
+    n_kept = len(inter) if keep is None else int(keep.sum())
     if n_kept == 0:
         raise DataError(f"no user has >= data.min_user_ratings={data_cfg['min_user_ratings']} ratings")
 
-    user_ids = _sorted_ids(uniq_users[enough])
     item_ids = items["item_id"].astype(str).to_numpy()
     # code -> index in user_ids / item_ids (-1: not there)
-    user_index = pd.Index(user_ids).get_indexer(uniq_users)
+    if by_value:   # codes are the integer ids themselves: their order is the numeric one
+        user_ids = uniq_users[enough]
+        user_index = np.full(len(uniq_users), -1, dtype=np.int32 if len(user_ids) < 2 ** 31 else np.int64)
+        user_index[enough] = np.arange(len(user_ids))
+    else:
+        user_ids = _sorted_ids(uniq_users[enough])
+        user_index = pd.Index(user_ids).get_indexer(uniq_users)
     item_index = pd.Index(item_ids).get_indexer(uniq_items)
+    if len(item_ids) < 2 ** 31:     # the row-wise gathers below in int32: half the bytes moved
+        item_index = item_index.astype(np.int32)
     n_items = len(item_ids)
     n_train, n_val, n_test = part_sizes(n_items, list(split_cfg["ratios"]))
     method = split_cfg["method"]
@@ -166,7 +214,11 @@ def make_split(ds: MultiModalDataset, data_cfg: dict, split_cfg: dict,
         order = np.random.default_rng(int(split_cfg["seed"])).permutation(n_items)
     elif method == "time":
         # Items enter the catalogue at their first rating; the newest are the cold ones.
-        first = pd.Series(inter["timestamp"].to_numpy()[keep]).groupby(icode[keep]).min()
+        ts, ic = inter["timestamp"].to_numpy(), icode
+        if keep is not None:
+            ts, ic = ts[keep], ic[keep]
+        first = pd.Series(ts).groupby(ic).min()
+        del ts, ic
         t = np.full(n_items, np.inf)
         at = item_index[first.index.to_numpy()]
         t[at[at >= 0]] = first.to_numpy(dtype=np.float64)[at >= 0]
@@ -177,15 +229,19 @@ def make_split(ds: MultiModalDataset, data_cfg: dict, split_cfg: dict,
     item_part[order[n_train:n_train + n_val]] = 1
     item_part[order[n_train + n_val:]] = 2
 
-    rows = np.flatnonzero(keep & (inter["rating"].to_numpy() >= float(data_cfg["positive_threshold"])))
+    positive = inter["rating"].to_numpy() >= float(data_cfg["positive_threshold"])
+    rows = np.flatnonzero(positive if keep is None else keep & positive)
+    del positive
     u = user_index[ucode[rows]]
     i = item_index[icode[rows]]
     del ucode, icode, rows, keep
     assert (u >= 0).all() and (i >= 0).all()
+    part_of = item_part[i]      # once, not per part
     positives = {}
     for k, part in enumerate(PARTS):
-        m = item_part[i] == k
+        m = part_of == k
         positives[part] = CSR.from_pairs(u[m], i[m], len(user_ids))
+    del part_of
     stats.update({
         "users": len(user_ids), "items": n_items, "interactions": n_kept,
         "positives": int(len(u)),

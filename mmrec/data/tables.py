@@ -12,7 +12,9 @@ or pyarrow) and a JSON report:
 - ``report.json``: where the data came from and what was read, kept and skipped, by reason, so
   that rows in = rows out + reported skips.
 
-Ids are strings everywhere so that ids from any source keep their exact form.
+Ids are strings everywhere so that ids from any source keep their exact form. A reader that
+parses integer ids (ml25m) also hands over the integers (`IntIds`, in memory only), so that the
+checks and the split need not parse 25M strings back.
 """
 from __future__ import annotations
 
@@ -101,6 +103,42 @@ class TableCount:
                 "skipped": self.skips.to_dict()}
 
 
+def _buffer_marks(column) -> tuple | None:
+    """Where an arrow-backed string column's data lives: (chunk offset, length, buffer addresses)
+    per chunk; None for a column that is not arrow strings."""
+    a = _arrow_strings(getattr(column, "array", column))
+    if a is None:
+        return None
+    return tuple((c.offset, len(c), tuple(b.address if b is not None else 0 for b in c.buffers()))
+                 for c in _chunks(a))
+
+
+@dataclass(frozen=True, eq=False)
+class IntIds:
+    """The interactions' user and item ids as integers, row for row, from a reader that parsed
+    them as integers (ml25m): each id string is exactly `str` of its integer. Kept in memory
+    only (a cache read back from Parquet has none), and trusted only while the table's id
+    columns are still the very arrow strings they were made with (`valid_for`): a table whose
+    rows or ids were changed afterwards is parsed from its strings again."""
+    user: np.ndarray
+    item: np.ndarray
+    _marks: tuple = ()
+    _keep: tuple = ()      # the columns' arrow arrays, held so their addresses are not reused
+
+    @classmethod
+    def of(cls, inter: pd.DataFrame, user: np.ndarray, item: np.ndarray) -> "IntIds":
+        assert len(user) == len(item) == len(inter)
+        cols = (inter["user_id"], inter["item_id"])
+        return cls(user, item, tuple(_buffer_marks(c) for c in cols),
+                   tuple(_arrow_strings(c.array) for c in cols))
+
+    def valid_for(self, inter: pd.DataFrame) -> bool:
+        if len(inter) != len(self.user) or not {"user_id", "item_id"} <= set(inter.columns):
+            return False
+        marks = (_buffer_marks(inter["user_id"]), _buffer_marks(inter["item_id"]))
+        return None not in marks and marks == self._marks
+
+
 @dataclass
 class MultiModalDataset:
     name: str
@@ -110,11 +148,18 @@ class MultiModalDataset:
     report: dict[str, TableCount] = field(default_factory=dict)
     source: dict = field(default_factory=dict)
     root: Path | None = None   # the directory relative paths (trailers, images) are resolved from
+    int_ids: IntIds | None = field(default=None, repr=False)   # not saved; see IntIds
 
     def __post_init__(self) -> None:
         self.items = self.items.reset_index(drop=True)
         self.interactions = self.interactions.reset_index(drop=True)
-        validate_tables(self.items, self.interactions, self.users)
+        validate_tables(self.items, self.interactions, self.users, self.id_ints())
+
+    def id_ints(self) -> IntIds | None:
+        """The interactions' integer ids, if a reader gave them and the table is still theirs."""
+        if self.int_ids is not None and not self.int_ids.valid_for(self.interactions):
+            self.int_ids = None
+        return self.int_ids
 
     def save(self, out_dir: str | Path, extra_files: dict[str, str] | None = None) -> Path:
         """Write the tables (and `extra_files`, name -> text) into `out_dir`; report.json last."""
@@ -269,7 +314,22 @@ def release_arrow_memory() -> None:
 def id_codes(values) -> tuple[np.ndarray, np.ndarray]:
     """(integer codes per row, the distinct ids as strings, in no promised order)."""
     ints = digit_ints(values)
-    if ints is not None and len(ints) and int(ints.max()) <= 4 * len(ints):
+    if ints is not None:
+        return int_codes(ints)
+    codes, uniques = pd.factorize(pd.Series(values) if not isinstance(values, pd.Series) else values)
+    return codes, np.asarray(uniques, dtype=object).astype(str)
+
+
+def _lookup_ok(ints: np.ndarray, n: int) -> bool:
+    """Whether a table indexed by id (a byte or an int32 per possible id) beats hashing: ids
+    non-negative and below 4n (n the rows looked up), as MovieLens' are (< 210k for 25M rows)."""
+    return len(ints) > 0 and int(ints.min()) >= 0 and int(ints.max()) < 4 * n + 1024
+
+
+def int_codes(ints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`id_codes` of non-negative integer ids: (codes per row, the distinct ids as strings);
+    codes number the distinct ids in increasing order where a lookup table is used."""
+    if _lookup_ok(ints, len(ints)):
         # dense integer ids (MovieLens'): a lookup table, no hashing of 25M values
         present = np.zeros(int(ints.max()) + 1, dtype=bool)
         present[ints] = True
@@ -277,11 +337,32 @@ def id_codes(values) -> tuple[np.ndarray, np.ndarray]:
         lookup = np.full(len(present), -1, dtype=np.int32 if len(uniques) < 2 ** 31 else np.int64)
         lookup[uniques] = np.arange(len(uniques), dtype=lookup.dtype)
         return lookup[ints], uniques.astype(str)
-    if ints is not None:
-        codes, uniques = pd.factorize(ints)
-        return codes, uniques.astype(str)
-    codes, uniques = pd.factorize(pd.Series(values) if not isinstance(values, pd.Series) else values)
-    return codes, np.asarray(uniques, dtype=object).astype(str)
+    codes, uniques = pd.factorize(ints)
+    return codes, uniques.astype(str)
+
+
+def isin_ints(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """np.isin for integer ids: a lookup table for small non-negative ones, else hashing."""
+    allowed = np.asarray(allowed)
+    if not len(values) or not len(allowed):
+        return np.zeros(len(values), dtype=bool)
+    if _lookup_ok(allowed, len(values)) and _lookup_ok(values, len(values)):
+        table = np.zeros(max(int(allowed.max()), int(values.max())) + 1, dtype=bool)
+        table[allowed] = True
+        return table[values]
+    return pd.Series(values, copy=False).isin(allowed).to_numpy()
+
+
+def int_strings(ints: np.ndarray):
+    """Integer ids written out (`str` of each) as one arrow large_string array: for small
+    non-negative ids, the strings of 0..max made once and taken per row (3x faster than
+    casting every value)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    if _lookup_ok(ints, len(ints)):
+        names = pa.array(np.arange(int(ints.max()) + 1).astype(str), pa.large_string())
+        return pc.take(names, pa.array(ints))
+    return pc.cast(pa.array(ints), pa.large_string())
 
 
 def isin(values, allowed) -> np.ndarray:
@@ -307,8 +388,11 @@ def isin(values, allowed) -> np.ndarray:
     return pc.fill_null(pc.is_in(a, value_set=b), False).to_numpy(zero_copy_only=False)
 
 
-def validate_tables(items: pd.DataFrame, inter: pd.DataFrame, users: pd.DataFrame | None) -> None:
-    """Structural checks every source must pass; readers catch row-level problems earlier."""
+def validate_tables(items: pd.DataFrame, inter: pd.DataFrame, users: pd.DataFrame | None,
+                    int_ids: IntIds | None = None) -> None:
+    """Structural checks every source must pass; readers catch row-level problems earlier.
+    `int_ids`: the interactions' ids as integers (their strings are canonical), so the
+    unknown-item check compares integers when the items' ids are canonical too."""
     if "item_id" not in items.columns:
         raise DataError(f"items table: missing column 'item_id' (columns: {list(items.columns)})")
     missing = [c for c in INTERACTION_COLUMNS if c not in inter.columns]
@@ -317,7 +401,8 @@ def validate_tables(items: pd.DataFrame, inter: pd.DataFrame, users: pd.DataFram
     dup = items["item_id"].duplicated()
     if dup.any():
         raise DataError(f"items table: duplicate item_id {items['item_id'][dup].iloc[0]!r}")
-    unknown = ~isin(inter["item_id"], items["item_id"])
+    known = digit_ints(items["item_id"]) if int_ids is not None else None
+    unknown = ~(isin_ints(int_ids.item, known) if known is not None else isin(inter["item_id"], items["item_id"]))
     if unknown.any():
         raise DataError(f"interactions table: item_id {inter['item_id'][unknown].iloc[0]!r} "
                         f"is not in the items table ({int(unknown.sum())} rows)")
