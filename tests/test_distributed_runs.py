@@ -103,3 +103,31 @@ def test_cmclrec_and_clcrec_heads_on_two_processes(tmp_path, cache_dir):
     for part in ("val", "test"):
         assert again[part] == pytest.approx(m[part], abs=1e-9), part
 
+
+
+
+def test_weight_average_on_two_processes_equals_one_process_with_the_global_batch(tmp_path, cache_dir):
+    """`train.ema_decay` under DDP: every rank averages the same synchronised weights, so two
+    processes x batch 32 save the average one process x batch 64 saves. The item tower agrees to
+    1e-6 while its average and its last weights are 1e-4 apart, so a skipped or unsynchronised
+    average fails; the user table only to 1e-4 (Adam turns the order of the sums of its tiny
+    gradients into steps of up to lr, with or without the average)."""
+    import torch
+    from safetensors.torch import load_file
+    args = ["train.epochs=1", "train.max_steps_per_epoch=6", "train.ema_decay=0.5"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    mmrec("train", *_tiny(one, cache_dir, *args, "train.batch_size=64"))
+    launch(CPU2, "-m", "mmrec", "train", *_tiny(two, cache_dir, *args, "train.batch_size=32"))
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (one, two))
+    last = sorted((two / "checkpoints").iterdir())[-1]
+    live = load_file(str(last / "model.safetensors"))
+    shadow = next(s for s in (torch.load(p, weights_only=False) for p in last.glob("custom_checkpoint_*.pkl"))
+                  if isinstance(s, dict) and "shadow" in s)
+    assert shadow["updates"] == 6 and a.keys() == b.keys()
+    tower = [n for n in a if n.startswith("item_encoder.")]
+    assert len(tower) > 20
+    assert max(float((b[n] - live[n]).abs().max()) for n in tower) > 5e-5      # the average was saved
+    for name in a:
+        assert torch.equal(b[name], shadow["shadow"][name].to(b[name].dtype)), name
+        tol = dict(rtol=1e-4, atol=1e-4) if name.startswith("user_embedding") else dict(rtol=1e-4, atol=2e-6)
+        torch.testing.assert_close(b[name], a[name], msg=name, **tol)
