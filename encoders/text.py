@@ -35,8 +35,8 @@ class BertTextEncoder(ModalityEncoder):
     def __init__(self, spec: dict, token_dim: int):
         super().__init__()
         self.pooling = spec["pooling"]
-        if self.pooling not in ("cls", "mean"):
-            raise ValueError(f"encoders: bert pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        if self.pooling not in ("cls", "mean", "attention"):
+            raise ValueError(f"encoders: bert pooling must be 'cls', 'mean' or 'attention', got {self.pooling!r}")
         ckpt = pretrained.resolve_checkpoint(spec["checkpoint"])
         if ckpt is not None:
             config = BertConfig.from_pretrained(ckpt)
@@ -64,6 +64,8 @@ class BertTextEncoder(ModalityEncoder):
         self._frozen_layers = len(layers) if spec["freeze"] else len(layers[:int(spec["freeze_layers"] or 0)])
         self.cache_frozen = bool(spec.get("cache_frozen", False))
         self.proj = nn.Linear(self.bert.config.hidden_size, token_dim)
+        if self.pooling == "attention":
+            self.attention_pool = AttentionPool(self.bert.config.hidden_size, int(spec.get("pool_heads") or 1))
 
     def cacheable_layers(self) -> int:
         """How many bottom layers (after the embeddings) `frozen_forward` runs: every layer with
@@ -145,11 +147,36 @@ class BertTextEncoder(ModalityEncoder):
             hidden = self.bert(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "attention":
+            pooled = self.attention_pool(hidden, mask)
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
         tokens = self.proj(hidden) if need_tokens else None
         return EncoderOutput(self.proj(pooled), tokens, mask.bool() if need_tokens else None)
+
+
+class AttentionPool(nn.Module):
+    """Mean pooling with learned weights per token: each of `heads` slices of the hidden size
+    has a query whose dot product with a token's slice gives that token's weight (softmax over
+    the unpadded tokens). The queries start at zero, so training starts from mean pooling and
+    learns which words of a frozen tower's output matter (title, year or genres), for the price
+    of one dot product per token: cheap enough to train over a cached frozen BERT."""
+
+    def __init__(self, hidden_size: int, heads: int = 1):
+        super().__init__()
+        if heads < 1 or hidden_size % heads:
+            raise ValueError(f"encoders: bert pool_heads={heads} must divide the hidden size {hidden_size}")
+        self.heads = heads
+        self.query = nn.Parameter(torch.zeros(heads, hidden_size // heads))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, H = hidden.shape
+        parts = hidden.reshape(B, T, self.heads, H // self.heads)
+        logits = torch.einsum("bthd,hd->bth", parts, self.query.to(hidden.dtype))
+        logits = logits.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(logits.dtype).min)
+        weights = logits.softmax(dim=1) * mask.unsqueeze(-1).to(hidden.dtype)   # an all-pad row: zeros
+        return torch.einsum("bth,bthd->bhd", weights, parts).reshape(B, H)
 
 
 @contextmanager

@@ -264,6 +264,9 @@ def _check_bert_encoder(enc: str, spec: dict) -> None:
     pooling = spec.get("pooling")
     if pooling not in BERT_POOLING:
         raise ConfigError(f"encoders.{enc}.pooling={pooling!r} must be one of {', '.join(BERT_POOLING)}")
+    heads = spec.get("pool_heads", 1)
+    if _int(heads) is None or heads < 1:
+        raise ConfigError(f"encoders.{enc}.pool_heads={heads!r} must be a positive integer")
     if spec.get("cache_frozen") and not spec.get("freeze") and not _int(spec.get("freeze_layers")):
         raise ConfigError(f"encoders.{enc}.cache_frozen=true needs a frozen bottom to cache: set "
                           f"encoders.{enc}.freeze_layers > 0 or encoders.{enc}.freeze=true")

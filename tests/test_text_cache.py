@@ -44,7 +44,7 @@ FROZEN = [pytest.param({"freeze_layers": 2}, 2, id="freeze_layers=2"),
           pytest.param({"freeze": True}, MINILM_LAYERS, id="freeze=all")]
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "attention"])
 @pytest.mark.parametrize("frozen,depth", FROZEN)
 def test_cached_forward_equals_uncached_in_eval(frozen, depth, pooling):
     enc = minilm(pooling=pooling, **frozen)
@@ -66,6 +66,30 @@ def test_cached_forward_equals_uncached_in_eval(frozen, depth, pooling):
         from_long = enc({"frozen_hidden": cut, "attention_mask": mask}, need_tokens=True)
     torch.testing.assert_close(from_long.cls, plain.cls, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(from_long.tokens, plain.tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_pooling_starts_as_mean_and_weighs_tokens_as_a_plain_softmax():
+    from encoders.text import AttentionPool
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(4, 7, 12, generator=g)
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 2 + [0] * 5, [0] * 7])
+    pool = AttentionPool(12, heads=3)
+    m = mask.unsqueeze(-1).float()
+    mean = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    torch.testing.assert_close(pool(hidden, mask), mean)          # zero queries: mean pooling
+    with torch.no_grad():
+        pool.query.copy_(torch.randn(3, 4, generator=g))
+    out = pool(hidden, mask)
+    for b in range(4):     # per row and head: softmax over the unpadded tokens' dot products
+        n = int(mask[b].sum())
+        for h in range(3):
+            part = hidden[b, :n, 4 * h:4 * h + 4]
+            want = (torch.softmax(part @ pool.query[h], 0).unsqueeze(-1) * part).sum(0) if n else torch.zeros(4)
+            torch.testing.assert_close(out[b, 4 * h:4 * h + 4], want)
+    out.sum().backward()
+    assert pool.query.grad is not None and pool.query.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pool_heads=5 must divide"):
+        AttentionPool(12, heads=5)
 
 
 def test_frozen_forward_has_eval_semantics_and_restores_modes():
