@@ -3,8 +3,9 @@ centre segment, on the SAME trained models: each run's best model is re-evaluate
 cold-test split with `fields.<field>.segments` set to each value.
 
 Usage (after `mmrec sweep --config configs/world_motion.yaml --grid
-configs/grids/world_motion_temporal.yaml --out runs/sweep-world-motion-v2 --seeds 0 1 2`):
-  python scripts/compare_segments.py runs/sweep-world-motion-v2/vivit/seed-* --segments 6 1
+configs/grids/world_motion_temporal.yaml --out runs/sweep-world-motion-v3 --seeds 0 1 2`):
+  python scripts/compare_segments.py runs/sweep-world-motion-v3/vivit/seed-? --segments 6 1
+(`seed-?`: the sweep also writes seed-<s>.log files, which `seed-*` would pass as runs)
 """
 from __future__ import annotations
 
