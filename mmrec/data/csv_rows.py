@@ -281,13 +281,6 @@ def _find_bytes(path: Path, needles: bytes, start: int = 0, block: int = 1 << 20
     return found
 
 
-def _find(path: Path, needle: bytes, start: int = 0) -> bool:
-    if path.stat().st_size <= start:
-        return False
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        return m.find(needle, start) >= 0
-
-
 def _line_offset(path: Path, line: int) -> int:
     """The byte offset where physical line `line` (1-based) starts."""
     need, offset, pending_cr = line - 1, 0, False

@@ -41,8 +41,9 @@ import pyarrow.compute as pc
 
 from mmrec import assets
 from mmrec.data.csv_rows import CsvRows, is_text, read_csv_rows, show
-from mmrec.data.tables import (MAX_TIMESTAMP, DataError, IntIds, MultiModalDataset, TableCount, digit_ints,
-                               id_codes, int_codes, int_strings, isin, isin_ints, release_arrow_memory)
+from mmrec.data.tables import (MAX_TIMESTAMP, DataError, IntIds, MultiModalDataset, TableCount, cast_chunks,
+                               digit_ints, id_codes, int_codes, int_strings, isin, isin_ints, pairs_in_order,
+                               release_arrow_memory)
 from mmrec.plugins import load_plugins
 from mmrec.registry import Registry
 
@@ -502,13 +503,7 @@ def _narrow_ints(values) -> np.ndarray:
     else:
         top = (pc.max(values).as_py() if arrow else (int(values.max()) if n else 0)) or 0
     dtype = np.int32 if top < 2 ** 31 else np.int64
-    if not arrow:
-        return values.astype(dtype, copy=False)
-    out, pos = np.empty(n, dtype=dtype), 0
-    for chunk in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]):
-        out[pos:pos + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
-        pos += len(chunk)
-    return out
+    return cast_chunks(values, dtype) if arrow else values.astype(dtype, copy=False)
 
 
 def _take_any(values, rows: np.ndarray | None):
@@ -516,16 +511,6 @@ def _take_any(values, rows: np.ndarray | None):
     if rows is None:
         return values
     return values[rows] if isinstance(values, np.ndarray) else pc.take(values, pa.array(rows))
-
-
-def _increasing(u: np.ndarray, i: np.ndarray, block: int = 1 << 20) -> bool:
-    """Whether the (u, i) pairs strictly increase (so none repeats), a block at a time (small
-    temporaries, cache-sized)."""
-    for s in range(0, max(len(u) - 1, 0), block):
-        a, b = u[s:s + block + 1], i[s:s + block + 1]
-        if not np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] > b[:-1]))):
-            return False
-    return True
 
 
 def _int_pair_keys(u: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -560,7 +545,7 @@ def _int_ratings_table(count: TableCount, line, user: np.ndarray, item: np.ndarr
     del unknown
     # Keep the latest rating of a (user, item) pair (by timestamp, then line); earlier ones are
     # reported as duplicates. A file in (user, item) order has none (nor has any subset of it).
-    if not _increasing(user, item):
+    if not pairs_in_order(user, item, strict=True):
         pair = _int_pair_keys(user, item)
         repeated = np.flatnonzero(pd.Series(pair, copy=False).duplicated(keep=False).to_numpy())
         if len(repeated):
@@ -573,8 +558,8 @@ def _int_ratings_table(count: TableCount, line, user: np.ndarray, item: np.ndarr
     del timestamp
     # The numbers first, to numpy (the arrow columns freed as they go), then the id strings:
     # the largest columns are never built while the parsed ones are still held.
-    rating = _numpy_column(_take(_arrow(numbers.pop("rating")), rows), np.float32)
-    timestamp = _numpy_column(_take(_arrow(numbers.pop("timestamp")), rows), np.int64)
+    rating = cast_chunks(_take(_arrow(numbers.pop("rating")), rows), np.float32)
+    timestamp = cast_chunks(_take(_arrow(numbers.pop("timestamp")), rows), np.int64)
     release_arrow_memory()
     with ThreadPoolExecutor(2) as pool:    # arrow's take runs without the GIL: both cores
         strings = dict(zip(("user_id", "item_id"), pool.map(int_strings, (user, item))))
@@ -584,16 +569,6 @@ def _int_ratings_table(count: TableCount, line, user: np.ndarray, item: np.ndarr
     del strings, rating, timestamp
     release_arrow_memory()
     return out, user, item
-
-
-def _numpy_column(values, dtype) -> np.ndarray:
-    """A numeric arrow column as one numpy array of `dtype`, cast by arrow (as the canonical
-    table's schema cast does) a chunk at a time: no whole-column temporary."""
-    out, pos = np.empty(len(values), dtype=dtype), 0
-    for chunk in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]):
-        out[pos:pos + len(chunk)] = pc.cast(chunk, pa.from_numpy_dtype(dtype)).to_numpy(zero_copy_only=False)
-        pos += len(chunk)
-    return out
 
 
 def _arrow(values):

@@ -14,18 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec.data.tables import DataError, MultiModalDataset, id_codes, int_codes, isin
+from mmrec.data.tables import DataError, MultiModalDataset, id_codes, int_codes, isin, lookup_ok, pairs_in_order
 
 PARTS = ("train", "val", "test")
-
-
-def _ordered(rows: np.ndarray, cols: np.ndarray, block: int = 1 << 20) -> bool:
-    """Whether the (row, col) pairs never decrease, a block at a time (no key column built)."""
-    for s in range(0, max(len(rows) - 1, 0), block):
-        a, b = rows[s:s + block + 1], cols[s:s + block + 1]
-        if not np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] >= b[:-1]))):
-            return False
-    return True
 
 
 @dataclass
@@ -37,7 +28,7 @@ class CSR:
 
     @classmethod
     def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int) -> "CSR":
-        if not _ordered(rows, cols):     # already in (row, column) order (GroupLens'): no sort
+        if not pairs_in_order(rows, cols, strict=False):     # already in (row, column) order (GroupLens'): no sort
             key = rows.astype(np.int64)       # in place from here: one int64 column at the peak
             key *= int(cols.max()) + 1 if len(cols) else 1
             key += cols
@@ -128,7 +119,7 @@ def value_codes(ints: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     ids themselves). For small non-negative ids (MovieLens') the id is its own code: no
     lookup pass over the 25M rows, and codes in numeric order (code k is the string of k,
     whether or not a row has it); else `int_codes`."""
-    if len(ints) and int(ints.min()) >= 0 and int(ints.max()) < 4 * len(ints) + 1024:
+    if lookup_ok(ints, len(ints)):
         return ints, np.arange(int(ints.max()) + 1).astype(str), True
     return (*int_codes(ints), False)
 

@@ -260,7 +260,7 @@ def digit_ints(values) -> np.ndarray | None:
     v = None
     for width in (np.int32, np.int64):     # int32 where the ids fit: half the memory
         try:
-            v = _cast_chunks(s, width)
+            v = cast_chunks(s, width)
             break
         except pa.ArrowInvalid:
             pass
@@ -280,9 +280,10 @@ def _chunks(s) -> list:
     return s.chunks if isinstance(s, pa.ChunkedArray) else [s]
 
 
-def _cast_chunks(s, dtype) -> np.ndarray:
-    """pc.cast to an integer type, a chunk at a time into one numpy array: no second whole-column
-    copy (arrow's cast and numpy's concatenation) at the peak of a 25M-row read."""
+def cast_chunks(s, dtype) -> np.ndarray:
+    """pc.cast of an arrow column to a numeric `dtype`, a chunk at a time into one numpy array:
+    no second whole-column copy (arrow's cast and numpy's concatenation) at the peak of a
+    25M-row read."""
     import pyarrow as pa
     import pyarrow.compute as pc
     out, pos = np.empty(len(s), dtype=dtype), 0
@@ -320,7 +321,18 @@ def id_codes(values) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.asarray(uniques, dtype=object).astype(str)
 
 
-def _lookup_ok(ints: np.ndarray, n: int) -> bool:
+def pairs_in_order(a: np.ndarray, b: np.ndarray, strict: bool, block: int = 1 << 20) -> bool:
+    """Whether the (a, b) pairs increase (`strict`: so none repeats) or never decrease, a block
+    at a time (cache-sized temporaries, no key column built)."""
+    for s in range(0, max(len(a) - 1, 0), block):
+        x, y = a[s:s + block + 1], b[s:s + block + 1]
+        later = y[1:] > y[:-1] if strict else y[1:] >= y[:-1]
+        if not np.all((x[1:] > x[:-1]) | ((x[1:] == x[:-1]) & later)):
+            return False
+    return True
+
+
+def lookup_ok(ints: np.ndarray, n: int) -> bool:
     """Whether a table indexed by id (a byte or an int32 per possible id) beats hashing: ids
     non-negative and below 4n (n the rows looked up), as MovieLens' are (< 210k for 25M rows)."""
     return len(ints) > 0 and int(ints.min()) >= 0 and int(ints.max()) < 4 * n + 1024
@@ -329,7 +341,7 @@ def _lookup_ok(ints: np.ndarray, n: int) -> bool:
 def int_codes(ints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`id_codes` of non-negative integer ids: (codes per row, the distinct ids as strings);
     codes number the distinct ids in increasing order where a lookup table is used."""
-    if _lookup_ok(ints, len(ints)):
+    if lookup_ok(ints, len(ints)):
         # dense integer ids (MovieLens'): a lookup table, no hashing of 25M values
         present = np.zeros(int(ints.max()) + 1, dtype=bool)
         present[ints] = True
@@ -346,7 +358,7 @@ def isin_ints(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     allowed = np.asarray(allowed)
     if not len(values) or not len(allowed):
         return np.zeros(len(values), dtype=bool)
-    if _lookup_ok(allowed, len(values)) and _lookup_ok(values, len(values)):
+    if lookup_ok(allowed, len(values)) and lookup_ok(values, len(values)):
         table = np.zeros(max(int(allowed.max()), int(values.max())) + 1, dtype=bool)
         table[allowed] = True
         return table[values]
@@ -359,7 +371,7 @@ def int_strings(ints: np.ndarray):
     casting every value)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    if _lookup_ok(ints, len(ints)):
+    if lookup_ok(ints, len(ints)):
         names = pa.array(np.arange(int(ints.max()) + 1).astype(str), pa.large_string())
         return pc.take(names, pa.array(ints))
     return pc.cast(pa.array(ints), pa.large_string())
