@@ -19,6 +19,7 @@ from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from encoders.base import EncoderOutput, ModalityEncoder
+from encoders.presets import BERT_POOLING
 from encoders.registry import register_encoder
 from encoders import pretrained
 
@@ -35,8 +36,8 @@ class BertTextEncoder(ModalityEncoder):
     def __init__(self, spec: dict, token_dim: int):
         super().__init__()
         self.pooling = spec["pooling"]
-        if self.pooling not in ("cls", "mean", "attention"):
-            raise ValueError(f"encoders: bert pooling must be 'cls', 'mean' or 'attention', got {self.pooling!r}")
+        if self.pooling not in BERT_POOLING:
+            raise ValueError(f"encoders: bert pooling must be one of {', '.join(BERT_POOLING)}, got {self.pooling!r}")
         ckpt = pretrained.resolve_checkpoint(spec["checkpoint"])
         if ckpt is not None:
             config = BertConfig.from_pretrained(ckpt)

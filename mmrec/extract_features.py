@@ -141,8 +141,9 @@ def extract_features(cfg: dict, out: str | Path, text: bool = False, pooling: st
         for n in names:
             spec = cfg["fields"][n]
             enc = cfg["encoders"][spec["encoder"]]
-            # a frozen BERT has no learned attention query; attention pooling starts as mean
-            pool = pooling or {"attention": "mean"}.get(enc.get("pooling"), enc.get("pooling", "mean"))
+            pool = pooling or enc.get("pooling", "mean")
+            if pool == "attention":   # a frozen BERT has no learned query; attention pooling starts as mean
+                pool = "mean"
             x, present = frozen_text_features(items, spec["template"], enc.get("checkpoint") or "minilm",
                                               pool, int(spec["max_length"]), cfg["data"]["cache_dir"], n)
             info[n] = write_feature_set(out, n, x, present, {"extractor": "frozen_bert", "pooling": pool,

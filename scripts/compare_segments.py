@@ -4,8 +4,9 @@ cold-test split with `fields.<field>.segments` set to each value.
 
 Usage (after `mmrec sweep --config configs/world_motion.yaml --grid
 configs/grids/world_motion_temporal.yaml --out runs/sweep-world-motion-v3 --seeds 0 1 2`):
-  python scripts/compare_segments.py runs/sweep-world-motion-v3/vivit/seed-? --segments 6 1
-(`seed-?`: the sweep also writes seed-<s>.log files, which `seed-*` would pass as runs)
+  python scripts/compare_segments.py runs/sweep-world-motion-v3/vivit/seed-* --segments 6 1
+A path that is not a run directory (no config.yaml in it: the sweep's seed-<s>.log files, which
+that glob also matches) is skipped and named.
 """
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def main(argv=None) -> None:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--segments", type=int, nargs="+", default=[6, 1])
     a = p.parse_args(argv)
+    skipped = [r for r in a.runs if not (r / "config.yaml").is_file()]
+    if skipped:
+        print(f"skipped {len(skipped)} paths that are not run directories (no config.yaml): "
+              + ", ".join(map(str, skipped)))
+    a.runs = [r for r in a.runs if r not in skipped]
+    if not a.runs:
+        raise SystemExit("compare_segments: no run directory among the paths given")
     table: dict[int, dict[str, list[float]]] = {s: {m: [] for m in METRICS} for s in a.segments}
     for run in a.runs:
         field = video_field(run)
