@@ -59,11 +59,10 @@ def plot_curves(run_dir: Path, out: Path, metrics=("ndcg@10", "recall@10")) -> P
 
 def item_vectors(run_dir: Path):
     """(cfg, prepared, item vectors [N, D] in split order; segments averaged)."""
-    from mmrec.data.pipeline import prepare
     from mmrec.evaluation.ranking import encode_items
-    from mmrec.models import load_run
-    cfg, split, model = load_run(run_dir)
-    prepared = prepare(cfg, split)
+    from mmrec.models import load_run_data
+    cfg, prepared, model = load_run_data(run_dir)
+    split = prepared.split
     with torch.no_grad():
         V = encode_items(model, prepared, np.arange(split.n_items), int(cfg["eval"]["item_batch_size"]))
     return cfg, prepared, (V.mean(1) if V.dim() == 3 else V)

@@ -52,11 +52,10 @@ def linear_probe(X: torch.Tensor, y: torch.Tensor, train, test, steps: int = 300
 
 
 def cmd_probe(args) -> None:
-    from mmrec.data.pipeline import prepare
     from mmrec.evaluation.ranking import encode_items
-    from mmrec.models import load_run
-    cfg, split, model = load_run(args.run_dir)
-    prepared = prepare(cfg, split)
+    from mmrec.models import load_run_data
+    cfg, prepared, model = load_run_data(args.run_dir)
+    split = prepared.split
     with torch.no_grad():
         V = encode_items(model, prepared, np.arange(split.n_items), int(cfg["eval"]["item_batch_size"]))
     X = V.mean(1) if V.dim() == 3 else V

@@ -94,17 +94,16 @@ def knn_over_tower(run_dir: Path, dest: Path, extra: dict | None = None) -> floa
     to `dest` (metrics.json) with `extra`. The seconds it took, 0 if `dest` existed."""
     import torch
 
-    from mmrec.data.pipeline import prepare
     from mmrec.evaluation.baselines import CosineScorer, knn_user_vectors
     from mmrec.evaluation.evaluator import RankingEvaluator
     from mmrec.evaluation.ranking import encode_items, evaluate_ranking
-    from mmrec.models import load_run
+    from mmrec.models import load_run_data
     if dest.exists():
         return 0.0
     t0 = time.time()
     torch.set_num_threads(1)
-    cfg, split, model = load_run(run_dir)
-    prepared = prepare(cfg, split)
+    cfg, prepared, model = load_run_data(run_dir)
+    split = prepared.split
     items = encode_items(model, prepared, np.arange(split.n_items), int(cfg["eval"]["item_batch_size"]))
     users = knn_user_vectors(items, prepared)
     evaluator = RankingEvaluator(cfg["eval"]["ks"], cfg["eval"]["user_chunk"])

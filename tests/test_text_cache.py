@@ -298,3 +298,13 @@ def test_training_with_the_cache_gives_the_uncached_run(tmp_path, tiny_overrides
         assert cached[part]["users"] == users and plain[part].keys() == cached[part].keys()
         for k, v in plain[part].items():
             assert cached[part][k] == pytest.approx(v, abs=2 / users), (part, k)
+    # A finished run's model meets its data with the cache its run built (reused, not rebuilt),
+    # so `mmrec evaluate`, plots and the transfer table's kNN read what training read, and the
+    # trainer's own metrics come back exactly; the uncached run gets plain token batches.
+    from mmrec.models import load_run_data
+    for flag, fitted in (("true", cached), ("false", plain)):
+        cfg, prepared, model = load_run_data(tmp_path / flag)
+        assert {n: c["built"] for n, c in model.text_caches.items()} == ({"text": False} if flag == "true" else {})
+        assert ("frozen_hidden" in prepared.collate(np.arange(3))["text"]) == (flag == "true")
+        for part in ("val", "test"):
+            assert model.evaluate_part(prepared, part, cfg["eval"]) == fitted[part], (flag, part)

@@ -101,6 +101,11 @@ class Head(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of every epoch (e.g. cmclrec's two stages)."""
 
+    def use_data(self, cfg: dict, prepared) -> None:
+        """A loaded model meets the prepared data it will encode (`load_run_data`): what its
+        weights allow to be computed once per dataset is attached here (mmrec's frozen-text
+        cache), so evaluation, plots and the transfer table read what training read."""
+
     def item_tower(self) -> nn.Module | None:
         """The content item encoder (`encoders.item_encoder.ItemEncoder`) trained end to end, if
         the head has one: what transfer loads and freezes and feature extraction reads."""
@@ -131,14 +136,22 @@ class Head(nn.Module):
         return cfg, split, model
 
     @classmethod
+    def load_run_data(cls, run_dir: str | Path, overrides: list[str] | None = None, accelerator=None):
+        """(config, prepared data, model) of a finished run: `load_run`, the data on the run's
+        saved split, and the model attached to it (`use_data`)."""
+        cfg, split, model = cls.load_run(run_dir, overrides)
+        prepared = cls.load_data(cfg, split, accelerator)
+        model.use_data(cfg, prepared)
+        return cfg, prepared, model
+
+    @classmethod
     def evaluate_run(cls, run_dir: str | Path, parts=("val", "test"), overrides: list[str] | None = None) -> dict:
         """`mmrec evaluate RUN`: the best model on the run's saved split (checked against the
         data), with the evaluation the trainer used, on one or many processes; the main process
         writes evaluation.json."""
         from mmrec.distributed import make_accelerator
         acc = make_accelerator()
-        cfg, split, model = cls.load_run(run_dir, overrides)
-        prepared = cls.load_data(cfg, split, acc)
+        cfg, prepared, model = cls.load_run_data(run_dir, overrides, acc)
         model.to(acc.device)
         out = {part: model.evaluate_part(prepared, part, cfg["eval"], acc.device, acc.autocast)
                for part in parts}
@@ -238,3 +251,10 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None):
     """(config, split, model) of any finished run, by the head its config names."""
     from mmrec.config import load_config
     return head_class(load_config(Path(run_dir) / "config.yaml", overrides)["head"]).load_run(run_dir, overrides)
+
+
+def load_run_data(run_dir: str | Path, overrides: list[str] | None = None, accelerator=None):
+    """(config, prepared data, model) of any finished run (`Head.load_run_data`)."""
+    from mmrec.config import load_config
+    head = head_class(load_config(Path(run_dir) / "config.yaml", overrides)["head"])
+    return head.load_run_data(run_dir, overrides, accelerator)

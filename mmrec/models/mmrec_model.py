@@ -55,6 +55,11 @@ class MMRecModel(ItemColdStartHead):
         model.text_caches = attach_text_caches(model.item_encoder, prepared, cfg)
         return model
 
+    def use_data(self, cfg: dict, prepared) -> None:
+        # A loaded run's weights already hold any transferred tower, so the cache is keyed by
+        # them and nothing is re-read from a transfer source (which may be gone by now).
+        self.text_caches = attach_text_caches(self.item_encoder, prepared, {**cfg, "transfer": {}})
+
     def train_data(self, prepared):
         return (PairDataset(prepared.split.train_pairs()),
                 PairCollator(prepared.collate, self.mixed_negatives, self.negative_pool))
