@@ -75,10 +75,13 @@ class Head(nn.Module):
         (Path(run_dir) / "data_report.json").write_text(json.dumps(prepared.report, indent=1))
 
     @classmethod
-    def prepare_data(cls, cfg: dict, run_dir: str | Path, resume: bool, accelerator=None):
-        """The trainer's data: the saved split on resume, else a new one, saved with the report."""
+    def prepare_data(cls, cfg: dict, run_dir: str | Path, resume: bool, accelerator=None,
+                     split_from: str | Path | None = None):
+        """The trainer's data: the saved split on resume, else `split_from`'s (a run whose weights
+        this one starts from: its cold items stay cold) or a new one, saved with the report."""
         run_dir = Path(run_dir)
-        split = cls.split_type().load(run_dir / "split.npz") if resume else None
+        split_dir = run_dir if resume else (Path(split_from) if split_from is not None else None)
+        split = cls.split_type().load(split_dir / "split.npz") if split_dir is not None else None
         prepared = cls.load_data(cfg, split, accelerator)
         if (accelerator is None or accelerator.is_main_process) and not resume:
             cls.save_data(prepared, run_dir)

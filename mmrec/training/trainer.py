@@ -26,9 +26,11 @@ from mmrec.config_checks import check_config
 from mmrec.distributed import make_accelerator
 from mmrec.data.batches import EpochSampler, PairDataset
 from mmrec.models import Head, head_class
-from mmrec.training.checkpoint import fail_together, load_checkpoint, replace_dir, save_checkpoint
+from mmrec.training.checkpoint import (fail_together, latest_checkpoint, load_checkpoint, replace_dir,
+                                       save_checkpoint)
 from mmrec.training.ema import WeightAverage
 from mmrec.training.schedule import make_scheduler
+from mmrec.training.warm_start import init_info, init_source, load_all_weights
 from mmrec.transfer import apply_transfer, frozen_eval
 from preprocessing.files import write_text_atomic
 from preprocessing.progress import progress
@@ -141,8 +143,9 @@ class Trainer:
 
         from accelerate.utils import set_seed
         set_seed(int(cfg["seed"]))
+        init_from = init_source(cfg)   # `train.init_from`: another run's weights and split
         if prepared is None:
-            self.prepared = head.prepare_data(cfg, run_dir, self.resume, acc)
+            self.prepared = head.prepare_data(cfg, run_dir, self.resume, acc, split_from=init_from)
         else:   # handed in: saved like a prepared one
             self.prepared = prepared
             if acc.is_main_process and not self.resume:
@@ -154,6 +157,12 @@ class Trainer:
         # `transfer`: another run's item tower, loaded (not on resume: the checkpoint has it) and
         # maybe frozen before the optimizer sees the parameters.
         self.transfer = apply_transfer(self.model, cfg, load=not self.resume)
+        # `init_from`: every weight from the source run (also when a resume finds no checkpoint:
+        # it then starts over, from the source); a checkpoint, if any, overwrites them below.
+        self.init_from = None
+        if init_from is not None:
+            fresh = not self.resume or latest_checkpoint(run_dir) is None
+            self.init_from = init_info(init_from, load_all_weights(self.model, init_from) if fresh else None)
         dataset, collate = self.model.train_data(self.prepared)
         if len(dataset) < tc["batch_size"] * acc.num_processes:
             raise ConfigError(f"train.batch_size={tc['batch_size']} x {acc.num_processes} processes "
@@ -248,6 +257,8 @@ class Trainer:
         ckpt_every = int(tc["checkpoint_every_steps"] or 0)
         t0 = time.time()
         self.train_seconds, self.train_steps = 0.0, 0
+        if self.init_from is not None and st["best"] is None and st["step"] == 0:
+            self._score_start(select)
         while st["epoch"] < epochs:
             epoch = st["epoch"]
             self.sampler.set_epoch(epoch)
@@ -324,6 +335,18 @@ class Trainer:
             self.checkpoint()
         return self.finish()
 
+    def _score_start(self, select: str) -> None:
+        """`init_from`: the loaded weights as epoch 0, so a second stage that does not improve on
+        validation keeps them (best_epoch 0)."""
+        st = self.state
+        with self.ema.swapped_in() if self.ema is not None else nullcontext():
+            val = self.evaluate("val")
+            log.info("epoch 0 (the weights of %s): val %s  (best)", self.init_from["from_run"], _fmt(val))
+            st["best"], st["best_epoch"], st["val"] = val[select], 0, val
+            st["test"] = self.evaluate("test")
+            self.save_best_model()
+        st["history"].append({"epoch": 0, "step": 0, "time_s": 0.0, "val": val})
+
     def resources(self) -> dict:
         """Throughput and peak memory of this session's training loop, per process."""
         from mmrec.distributed import gather_nograd
@@ -354,6 +377,8 @@ class Trainer:
                    "resources": self.resources()}
         if self.transfer:
             metrics["transfer"] = self.transfer
+        if self.init_from:
+            metrics["init_from"] = self.init_from
         if acc.is_main_process:
             write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=1))
             log.info("best epoch %s; test %s", st["best_epoch"], _fmt(st["test"] or {}))

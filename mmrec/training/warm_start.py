@@ -1,0 +1,82 @@
+"""Start a run from another run's weights on the same data (`train.init_from: RUN_DIR`).
+
+Why: a second stage with another config, such as the text tower's top layer unfrozen after the
+cheap frozen epochs (configs/ml100k_tuned.yaml), or more epochs at a lower learning rate, without
+losing what the first stage learned (the user table and the ID table included, which `mmrec
+transfer` starts afresh because its users are another dataset's).
+
+What it guarantees:
+- the new run takes the source's split (split.npz), so its cold items stay cold: nothing the
+  source never trained on is trained on now, and both runs are scored on the same items;
+- every tensor of the built model comes from the source's best model, and every source tensor is
+  used: a config whose model differs in any parameter's name or shape is one error that lists
+  them (freezing, caching and learning rates may differ: they change no tensor);
+- the loaded weights are evaluated before the first step, as epoch 0, so the best epoch by
+  validation is never worse than where the run started (`best_epoch: 0` means the second stage
+  did not improve on the first on validation);
+- a resumed run takes its weights from its own checkpoint, as any run does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmrec.config import ConfigError
+from mmrec.runs import best_weights, is_run_dir, saved_config
+
+
+def init_source(cfg: dict) -> Path | None:
+    """The run to start from, checked: a finished run of the same head, not combined with
+    `transfer` (which loads the item tower of another dataset's run)."""
+    src = (cfg.get("train") or {}).get("init_from")
+    if not src:
+        return None
+    src = Path(src)
+    if not is_run_dir(src):
+        raise ConfigError(f"train.init_from: {src} is not a run directory (no config.yaml)")
+    if not (src / "model" / "model.safetensors").is_file():
+        raise ConfigError(f"train.init_from: {src} has no trained model (model/model.safetensors); "
+                          f"train it to the end first")
+    if not (src / "split.npz").is_file():
+        raise ConfigError(f"train.init_from: {src} has no split.npz, so its cold items are unknown")
+    if (cfg.get("transfer") or {}).get("from_run"):
+        raise ConfigError("train.init_from and transfer.from_run both set: init_from starts every weight "
+                          "from a run on this dataset, transfer only the item tower from another; pick one")
+    head = saved_config(src).get("head")
+    if head != cfg.get("head"):
+        raise ConfigError(f"train.init_from: {src} was trained with head '{head}', this config has "
+                          f"head '{cfg.get('head')}'")
+    return src
+
+
+def load_all_weights(model: torch.nn.Module, src: Path) -> int:
+    """Copy the source's best model into `model`, every tensor on both sides with the same shape;
+    else one ConfigError listing the differences. Returns the number of tensors loaded."""
+    state = best_weights(src)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in sorted(set(own) & set(state))
+              if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"train.init_from: the model of {src} does not fit this config's (fields, encoders and "
+                 f"model sizes must equal the source run's):"]
+        lines += [f"  {k}: source {a}, this config {b}" for k, a, b in shapes[:10]]
+        if missing:
+            lines.append(f"  only in this config ({len(missing)}): " + ", ".join(missing[:6]))
+        if unexpected:
+            lines.append(f"  only in the source run ({len(unexpected)}): " + ", ".join(unexpected[:6]))
+        raise ConfigError("\n".join(lines))
+    with torch.no_grad():
+        for k, t in own.items():
+            t.copy_(state[k].to(t.dtype))
+    return len(own)
+
+
+def init_info(src: Path, loaded: int | None) -> dict:
+    """What metrics.json records of the start (`init_from`)."""
+    import json
+    info = src / "model" / "info.json"
+    best = json.loads(info.read_text()) if info.exists() else {}
+    return {"from_run": str(src), "source_best_epoch": best.get("epoch"), "source_val": best.get("val"),
+            "tensors_loaded": loaded}   # None: resumed, the weights came from the run's checkpoint
