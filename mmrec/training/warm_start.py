@@ -1,9 +1,9 @@
 """Start a run from another run's weights on the same data (`train.init_from: RUN_DIR`).
 
 Why: a second stage with another config, such as the text tower's top layer unfrozen after the
-cheap frozen epochs (configs/ml100k_tuned.yaml), or more epochs at a lower learning rate, without
-losing what the first stage learned (the user table and the ID table included, which `mmrec
-transfer` starts afresh because its users are another dataset's).
+cheap frozen epochs (docs/notes/issue16-default.md, fifth round), or more epochs at a lower
+learning rate, without losing what the first stage learned (the user table and the ID table
+included, which `mmrec transfer` starts afresh because its users are another dataset's).
 
 What it guarantees:
 - the new run takes the source's split (split.npz), so its cold items stay cold: nothing the
