@@ -81,3 +81,16 @@ def test_init_from_refuses_what_would_not_fit(trained_run, tiny_overrides, tmp_p
     (no_model / "config.yaml").write_text((run_a / "config.yaml").read_text())
     with pytest.raises(ConfigError, match="no trained model"):
         Trainer(load_config("configs/tiny.yaml", base + [f"train.init_from={no_model}"]))
+
+
+def test_init_from_refuses_data_handed_in_on_another_split(trained_run, tiny_overrides, tmp_path):
+    from mmrec.data.pipeline import prepare
+    from mmrec.training.trainer import Trainer
+    run_a, _ = trained_run
+    over = tiny_overrides + [f"train.init_from={run_a}", "train.epochs=1"]
+    other = prepare(load_config("configs/tiny.yaml", tiny_overrides + ["split.seed=7"]))
+    with pytest.raises(ConfigError, match="not on .* split \\(item_part differ\\)"):
+        Trainer(load_config("configs/tiny.yaml", over + [f"run_dir={tmp_path / 'b'}"]), prepared=other)
+    same = prepare(load_config(run_a / "config.yaml", tiny_overrides))
+    t = Trainer(load_config("configs/tiny.yaml", over + [f"run_dir={tmp_path / 'c'}"]), prepared=same)
+    assert t.init_from["tensors_loaded"] == len(_weights(run_a))

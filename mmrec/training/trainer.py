@@ -30,7 +30,7 @@ from mmrec.training.checkpoint import (fail_together, latest_checkpoint, load_ch
                                        save_checkpoint)
 from mmrec.training.ema import WeightAverage
 from mmrec.training.schedule import make_scheduler
-from mmrec.training.warm_start import init_info, init_source, load_all_weights
+from mmrec.training.warm_start import init_info, init_source, load_all_weights, same_split_as
 from mmrec.transfer import apply_transfer, frozen_eval
 from preprocessing.files import write_text_atomic
 from preprocessing.progress import progress
@@ -147,6 +147,8 @@ class Trainer:
         if prepared is None:
             self.prepared = head.prepare_data(cfg, run_dir, self.resume, acc, split_from=init_from)
         else:   # handed in: saved like a prepared one
+            if init_from is not None:
+                same_split_as(prepared.split, init_from)
             self.prepared = prepared
             if acc.is_main_process and not self.resume:
                 head.save_data(prepared, run_dir)

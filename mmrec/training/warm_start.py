@@ -50,6 +50,18 @@ def init_source(cfg: dict) -> Path | None:
     return src
 
 
+def same_split_as(split, src: Path) -> None:
+    """Data handed to the trainer with `init_from` must be on the source's split (the trainer
+    takes it from the source otherwise): the same users, items and item parts."""
+    import numpy as np
+    saved = type(split).load(src / "split.npz")
+    for name in ("user_ids", "item_ids", "item_part", "user_part"):
+        a, b = getattr(split, name, None), getattr(saved, name, None)
+        if a is not None and not np.array_equal(np.asarray(a).astype(str), np.asarray(b).astype(str)):
+            raise ConfigError(f"train.init_from: the data handed to the trainer is not on {src}'s split "
+                              f"({name} differ); its cold items could have been trained on")
+
+
 def load_all_weights(model: torch.nn.Module, src: Path) -> int:
     """Copy the source's best model into `model`, every tensor on both sides with the same shape;
     else one ConfigError listing the differences. Returns the number of tensors loaded."""
