@@ -41,6 +41,20 @@ class TowerError(ConfigError):
         self.filename = None if filename is None else str(filename)
 
 
+def state_differences(source: dict, own: dict, prefix: str = "") -> list[str]:
+    """Why a source state dict does not load into a model's (`own`): one line per differing shape
+    (10 at most), then the keys only on one side; [] when every tensor matches. Keys are shown
+    with `prefix` (the part the caller stripped)."""
+    missing, unexpected = sorted(set(own) - set(source)), sorted(set(source) - set(own))
+    lines = [f"  {prefix}{k}: source {tuple(source[k].shape)}, this config {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(source)) if source[k].shape != own[k].shape][:10]
+    if missing:
+        lines.append(f"  only in this config ({len(missing)}): " + ", ".join(prefix + k for k in missing[:6]))
+    if unexpected:
+        lines.append(f"  only in the source run ({len(unexpected)}): " + ", ".join(prefix + k for k in unexpected[:6]))
+    return lines
+
+
 def best_weights(run_dir: str | Path) -> dict:
     """The state dict of a finished run's best model (<run>/model/model.safetensors); a truncated
     or corrupt file is a CorruptFileError naming it."""

@@ -23,7 +23,7 @@ import torch
 
 from mmrec.config import ConfigError
 from mmrec.runs import (ITEM_ENCODER_PREFIX as PREFIX, is_run_dir, is_tower_dir, read_tower_config,
-                        source_info, source_item_state)
+                        source_info, source_item_state, state_differences)
 
 
 
@@ -36,19 +36,12 @@ def load_item_encoder(model: torch.nn.Module, run_dir: str | Path) -> int:
                           f"to load into; transfer needs head: mmrec")
     src = source_item_state(run_dir)
     dst = encoder.state_dict()
-    missing = sorted(set(dst) - set(src))
-    unexpected = sorted(set(src) - set(dst))
-    shapes = [(k, tuple(src[k].shape), tuple(dst[k].shape)) for k in sorted(set(src) & set(dst))
-              if src[k].shape != dst[k].shape]
-    if missing or unexpected or shapes:
-        lines = [f"transfer.from_run: the item encoder of {run_dir} does not fit this config's "
-                 f"(fields, encoders and model.dim / model.token_dim / model.fusion must equal the source run's):"]
-        lines += [f"  {PREFIX}{k}: source {a}, this config {b}" for k, a, b in shapes[:10]]
-        if missing:
-            lines.append(f"  only in this config ({len(missing)}): " + ", ".join(PREFIX + k for k in missing[:6]))
-        if unexpected:
-            lines.append(f"  only in the source run ({len(unexpected)}): " + ", ".join(PREFIX + k for k in unexpected[:6]))
-        raise ConfigError("\n".join(lines))
+    differences = state_differences(src, dst, PREFIX)
+    if differences:
+        raise ConfigError("\n".join([
+            f"transfer.from_run: the item encoder of {run_dir} does not fit this config's "
+            f"(fields, encoders and model.dim / model.token_dim / model.fusion must equal the source run's):",
+            *differences]))
     with torch.no_grad():
         for k, t in dst.items():
             t.copy_(src[k].to(t.dtype))

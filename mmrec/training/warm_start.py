@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mmrec.config import ConfigError
-from mmrec.runs import best_weights, is_run_dir, saved_config
+from mmrec.runs import best_weights, is_run_dir, saved_config, state_differences
 
 
 def init_source(cfg: dict) -> Path | None:
@@ -67,18 +67,11 @@ def load_all_weights(model: torch.nn.Module, src: Path) -> int:
     else one ConfigError listing the differences. Returns the number of tensors loaded."""
     state = best_weights(src)
     own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in sorted(set(own) & set(state))
-              if state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        lines = [f"train.init_from: the model of {src} does not fit this config's (fields, encoders and "
-                 f"model sizes must equal the source run's):"]
-        lines += [f"  {k}: source {a}, this config {b}" for k, a, b in shapes[:10]]
-        if missing:
-            lines.append(f"  only in this config ({len(missing)}): " + ", ".join(missing[:6]))
-        if unexpected:
-            lines.append(f"  only in the source run ({len(unexpected)}): " + ", ".join(unexpected[:6]))
-        raise ConfigError("\n".join(lines))
+    differences = state_differences(state, own)
+    if differences:
+        raise ConfigError("\n".join([f"train.init_from: the model of {src} does not fit this config's "
+                                     f"(fields, encoders and model sizes must equal the source run's):",
+                                     *differences]))
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(state[k].to(t.dtype))
