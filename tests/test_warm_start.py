@@ -1,6 +1,7 @@
 """`train.init_from`: a second stage that starts every weight from a finished run on the same
 data (mmrec/training/warm_start.py)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -56,11 +57,14 @@ def test_init_from_loads_every_weight_keeps_the_split_and_scores_the_start(train
 def test_init_from_resumed_equals_uninterrupted(trained_run, tiny_overrides, tmp_path):
     from mmrec.training.trainer import load_run_config, train
     from tests.resuming import interrupted_copy
-    run_a, _ = trained_run
+    run_a = tmp_path / "a"   # a copy of the shared run: this test deletes it
+    shutil.copytree(trained_run[0], run_a)
     over = tiny_overrides + [f"train.init_from={run_a}", "train.epochs=2", "train.lr=3e-4", "train.keep_checkpoints=3"]
     full, m_full = train(load_config("configs/tiny.yaml", over + [f"run_dir={tmp_path / 'full'}"]))
     step = m_full["history"][1]["step"]
     interrupted_copy(full, tmp_path / "cut", step)
+    # the checkpoint holds the weights and the run its split: the source is not needed any more
+    shutil.rmtree(run_a)
     _, m_cut = train(load_run_config(tmp_path / "cut"), tmp_path / "cut")
     assert m_cut["val"] == m_full["val"] and m_cut["test"] == m_full["test"]
     assert [h.get("val") for h in m_cut["history"]] == [h.get("val") for h in m_full["history"]]

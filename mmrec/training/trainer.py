@@ -143,7 +143,8 @@ class Trainer:
 
         from accelerate.utils import set_seed
         set_seed(int(cfg["seed"]))
-        init_from = init_source(cfg)   # `train.init_from`: another run's weights and split
+        # `train.init_from`: another run's weights and split (not needed to resume from a checkpoint)
+        init_from = init_source(cfg, needed=not self.resume or latest_checkpoint(run_dir) is None)
         if prepared is None:
             self.prepared = head.prepare_data(cfg, run_dir, self.resume, acc, split_from=init_from)
         else:   # handed in: saved like a prepared one

@@ -18,6 +18,7 @@ What it guarantees:
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -26,13 +27,17 @@ from mmrec.config import ConfigError
 from mmrec.runs import best_weights, is_run_dir, saved_config, state_differences
 
 
-def init_source(cfg: dict) -> Path | None:
+def init_source(cfg: dict, needed: bool = True) -> Path | None:
     """The run to start from, checked: a finished run of the same head, not combined with
-    `transfer` (which loads the item tower of another dataset's run)."""
+    `transfer` (which loads the item tower of another dataset's run). `needed` False (a resume
+    from a checkpoint, which holds the weights and whose run holds the split): not checked, so a
+    source moved or deleted since does not stop the resume."""
     src = (cfg.get("train") or {}).get("init_from")
     if not src:
         return None
     src = Path(src)
+    if not needed:
+        return src
     if not is_run_dir(src):
         raise ConfigError(f"train.init_from: {src} is not a run directory (no config.yaml)")
     if not (src / "model" / "model.safetensors").is_file():
@@ -80,7 +85,6 @@ def load_all_weights(model: torch.nn.Module, src: Path) -> int:
 
 def init_info(src: Path, loaded: int | None) -> dict:
     """What metrics.json records of the start (`init_from`)."""
-    import json
     info = src / "model" / "info.json"
     best = json.loads(info.read_text()) if info.exists() else {}
     return {"from_run": str(src), "source_best_epoch": best.get("epoch"), "source_val": best.get("val"),
