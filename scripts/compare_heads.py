@@ -81,12 +81,36 @@ _NOT_THE_RUN = ("run_dir", "name", "seed", "split.seed", "train.progress")
 _BASELINE_KEYS = ("data.", "split.", "fields.", "eval.ks", "eval.knn_pooling", "encoders.")
 
 
-def fingerprint(config: str, overrides: list[str], keep=None) -> str:
-    """A hash of the config a row's runs are trained with, whatever the seed or run directory
-    (other heads' sections are already dropped by load_config). keep: key prefixes to hash only."""
+def run_config(config: str, overrides: list[str], keep=None) -> dict:
+    """The flat config a row's runs are trained with, whatever the seed or run directory (other
+    heads' sections are already dropped by load_config), as JSON holds it. keep: key prefixes."""
     flat = {k: v for k, v in flatten(load_config(config, list(overrides))).items()
             if k not in _NOT_THE_RUN and (keep is None or k.startswith(keep))}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json.loads(json.dumps(flat, sort_keys=True, default=str))
+
+
+def fingerprint(config: str, overrides: list[str], keep=None) -> str:
+    """A hash of `run_config`: what the record keeps a row's runs under."""
+    return digest(run_config(config, overrides, keep))
+
+
+def digest(flat: dict) -> str:
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_changes(record: dict, configs: dict[str, dict]) -> list[str]:
+    """'row (new: ...; gone: ...; changed: ...)' for each row whose recorded config (kept since
+    2026-12-03) differs from today's: why its runs are not carried."""
+    out = []
+    for row, now in configs.items():
+        old = (record.get(row) or {}).get("config")
+        if old is None or old == now:
+            continue
+        parts = [(what, keys) for what, keys in (
+            ("new", sorted(set(now) - set(old))), ("gone", sorted(set(old) - set(now))),
+            ("changed", sorted(k for k in set(now) & set(old) if now[k] != old[k]))) if keys]
+        out.append(f"{row} ({'; '.join(f'{what}: ' + ', '.join(keys) for what, keys in parts)})")
+    return out
 
 
 def carry(found: dict, record: dict, prints: dict[str, str], seeds: list[int]) -> list[str]:
@@ -168,14 +192,17 @@ def main(argv=None) -> str:
                 same_split(done)
     labels = {**dict(BASELINES), **{c[0]: c[1] for c in chosen}}
     found = collect(out, args.seeds, [c[0] for c in chosen])
-    prints = {name: fingerprint(config, overrides + list(args.overrides)) for name, _, config, overrides in chosen}
-    base_print = fingerprint(DEFAULT_CFG, list(args.overrides), keep=_BASELINE_KEYS)
-    prints.update({b: base_print for b, _ in BASELINES})
+    configs = {name: run_config(config, overrides + list(args.overrides)) for name, _, config, overrides in chosen}
+    configs.update({b: run_config(DEFAULT_CFG, list(args.overrides), keep=_BASELINE_KEYS) for b, _ in BASELINES})
+    prints = {row: digest(c) for row, c in configs.items()}
     record_path = Path(str(args.results) + ".runs.json")
     if record_path.parent == Path("."):
         record_path = runner.RESULTS_DIR / record_path
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    changed = config_changes(record, configs)
     carried = carry(found, record, prints, args.seeds)
+    for row in found:   # the config itself, so a later mismatch can name what changed
+        record[row]["config"] = configs[row]
     write_text_atomic(record_path, json.dumps(record, indent=1, sort_keys=True) + "\n")
     table = rows(found, args.seeds, labels)
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--collect-only"]
@@ -184,6 +211,8 @@ def main(argv=None) -> str:
     if carried:
         text += (f"\nCarried from {record_path.name} (runs of an unchanged config, not in {out}): "
                  + "; ".join(carried) + ".\n")
+    if changed:
+        text += "\nNot carried from the record (the config changed since): " + "; ".join(changed) + ".\n"
     if args.collect_only:
         missing = [c[0] for c in chosen if any(s not in found.get(c[0], {}) for s in args.seeds)]
         text += (f"\nCollected from the finished runs (`--collect-only`); not finished yet: "

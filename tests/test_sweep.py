@@ -504,3 +504,11 @@ def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
     assert found["default"] == {0: {"ndcg@10": 0.3}}                           # nothing stale carried
     assert record["default"] == {"fingerprint": "the default now", "seeds": {"0": {"ndcg@10": 0.3}}}
     assert record["tower"]["seeds"]["0"] == {"ndcg@10": 0.25}
+
+    # a record that kept its config names why a row is not carried
+    now = ch.run_config(ch.DEFAULT_CFG, ch.PIECES_OFF)
+    assert ch.digest(now) == tower
+    old = {**{k: v for k, v in now.items() if k != "train.init_from"}, "train.lr": 0.5, "gone.key": 1}
+    assert ch.config_changes({"tower": {"config": old}, "default": {}}, {"tower": now, "default": now}) == [
+        "tower (new: train.init_from; gone: gone.key; changed: train.lr)"]
+    assert ch.config_changes({"tower": {"config": now}}, {"tower": now}) == []
