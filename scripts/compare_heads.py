@@ -193,7 +193,8 @@ def main(argv=None) -> str:
     labels = {**dict(BASELINES), **{c[0]: c[1] for c in chosen}}
     found = collect(out, args.seeds, [c[0] for c in chosen])
     configs = {name: run_config(config, overrides + list(args.overrides)) for name, _, config, overrides in chosen}
-    configs.update({b: run_config(DEFAULT_CFG, list(args.overrides), keep=_BASELINE_KEYS) for b, _ in BASELINES})
+    base_config = run_config(DEFAULT_CFG, list(args.overrides), keep=_BASELINE_KEYS)   # the split's
+    configs.update({b: base_config for b, _ in BASELINES})
     prints = {row: digest(c) for row, c in configs.items()}
     record_path = Path(str(args.results) + ".runs.json")
     if record_path.parent == Path("."):

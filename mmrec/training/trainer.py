@@ -143,8 +143,11 @@ class Trainer:
 
         from accelerate.utils import set_seed
         set_seed(int(cfg["seed"]))
+        # a new run, or a resume that finds no checkpoint (it starts over): the weights it starts
+        # from are not a checkpoint's
+        fresh = not self.resume or latest_checkpoint(run_dir) is None
         # `train.init_from`: another run's weights and split (not needed to resume from a checkpoint)
-        init_from = init_source(cfg, needed=not self.resume or latest_checkpoint(run_dir) is None)
+        init_from = init_source(cfg, needed=fresh)
         if prepared is None:
             self.prepared = head.prepare_data(cfg, run_dir, self.resume, acc, split_from=init_from)
         else:   # handed in: saved like a prepared one
@@ -164,7 +167,6 @@ class Trainer:
         # it then starts over, from the source); a checkpoint, if any, overwrites them below.
         self.init_from = None
         if init_from is not None:
-            fresh = not self.resume or latest_checkpoint(run_dir) is None
             self.init_from = init_info(init_from, load_all_weights(self.model, init_from) if fresh else None)
         dataset, collate = self.model.train_data(self.prepared)
         if len(dataset) < tc["batch_size"] * acc.num_processes:
