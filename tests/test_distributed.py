@@ -1,5 +1,5 @@
 """Several processes on the CPU (gloo): N processes x batch B equal 1 process x N*B, and
-DeepSpeed ZeRO-2/3 train, resume and match plain DDP (the rest: test_distributed_runs.py).
+DeepSpeed ZeRO-2/3 train, resume and match one process with the global batch (the rest: test_distributed_runs.py).
 Multi-process runs are launched with `accelerate launch` exactly as users launch them."""
 import json
 import shutil
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 
-from tests.launching import CPU2, ROOT, SAMPLING, TWO_FIELDS, _test_item_vectors, _tiny, launch, run
+from tests.launching import CPU2, ROOT, SAMPLING, TWO_FIELDS, _test_item_vectors, _tiny, launch, mmrec_here, run
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +44,10 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, cache_d
 
 
 
-def test_deepspeed_zero2_zero3_train_resume_and_match_plain_ddp(tmp_path, cache_dir):
+def test_deepspeed_zero2_zero3_train_resume_and_match_one_process(tmp_path, cache_dir):
     ref, z2, z3 = tmp_path / "ddp", tmp_path / "zero2", tmp_path / "zero3"
-    launch(CPU2, "-m", "mmrec", "train", *_tiny(ref, cache_dir))
+    # the reference: one process with the global batch (== plain DDP, test_two_processes_equal_...)
+    mmrec_here("train", *_tiny(ref, cache_dir, "train.batch_size=64"))
     launch(str(ROOT / "configs/accelerate/deepspeed_zero2.yaml"), "-m", "mmrec", "train",
            *_tiny(z2, cache_dir, "train.checkpoint_every_steps=4", "train.keep_checkpoints=10"))
     launch(str(ROOT / "configs/accelerate/deepspeed_zero3.yaml"), "-m", "mmrec", "train",

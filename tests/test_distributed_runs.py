@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.launching import CPU2, ROOT, _same_weights, _tiny, env, launch, mmrec
+from tests.launching import CPU2, ROOT, _same_weights, _tiny, env, launch, mmrec_here
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, cache_dir
     args = ["train.epochs=2", "train.max_steps_per_epoch=40", "train.batch_size=128",
             "train.checkpoint_every_steps=5", "train.keep_checkpoints=100"]
     whole = tmp_path / "whole"
-    mmrec("train", *_tiny(whole, cache_dir, *args))
+    mmrec_here("train", *_tiny(whole, cache_dir, *args))
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "mmrec", "train", *_tiny(killed, cache_dir, *args)], cwd=ROOT,
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -33,7 +33,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, cache_dir
     assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
     last = json.loads(sorted((killed / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
     assert last["epoch"] == 0 and 0 < last["batch"] < 40      # killed in the middle of epoch 1
-    mmrec("train", "--resume", str(killed))
+    mmrec_here("train", "--resume", str(killed))
     a = json.loads((whole / "metrics.json").read_text())
     b = json.loads((killed / "metrics.json").read_text())
     assert b["val"] == a["val"] and b["test"] == a["test"] and b["best_epoch"] == a["best_epoch"]
@@ -46,7 +46,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, cache_dir
 def test_distributed_evaluation_and_export_equal_single_process(trained_run, tmp_path):
     run_dir, _ = trained_run
     small = ["eval.item_batch_size=16", "eval.user_chunk=64"]      # many units to share out
-    mmrec("evaluate", str(run_dir), *small)
+    mmrec_here("evaluate", str(run_dir), *small)
     one = json.loads((run_dir / "evaluation.json").read_text())
     launch(CPU2, "-m", "mmrec", "evaluate", str(run_dir), *small)
     two = json.loads((run_dir / "evaluation.json").read_text())
@@ -54,7 +54,7 @@ def test_distributed_evaluation_and_export_equal_single_process(trained_run, tmp
     items = tmp_path / "items.parquet"
     from mmrec.data.readers import read_ml100k
     read_ml100k({}).items.iloc[:150].to_parquet(items, index=False)
-    mmrec("export", str(run_dir), "--items", str(items), "--out", str(tmp_path / "e1"))
+    mmrec_here("export", str(run_dir), "--items", str(items), "--out", str(tmp_path / "e1"))
     launch(CPU2, "-m", "mmrec", "export", str(run_dir), "--items", str(items), "--out", str(tmp_path / "e2"))
     np.testing.assert_array_equal(np.load(tmp_path / "e1" / "item_embeddings.npy"),
                                   np.load(tmp_path / "e2" / "item_embeddings.npy"))
@@ -77,7 +77,7 @@ def test_cmclrec_and_clcrec_heads_on_two_processes(tmp_path, cache_dir):
            "cmclrec.feature_mask=0.0", "cmclrec.item_mask=0.0",   # masks, like dropout, are drawn per rank
            "train.epochs=2", "cmclrec.pretrain_epochs=1", "train.max_steps_per_epoch=3", "eval.every_epochs=1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    mmrec("train", *seq, "train.batch_size=32", f"run_dir={one}")
+    mmrec_here("train", *seq, "train.batch_size=32", f"run_dir={one}")
     launch(CPU2, "-m", "mmrec", "train", *seq, "train.batch_size=16", f"run_dir={two}")
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert a["resources"]["processes"] == 1 and b["resources"]["processes"] == 2
@@ -116,7 +116,7 @@ def test_weight_average_on_two_processes_equals_one_process_with_the_global_batc
     from safetensors.torch import load_file
     args = ["train.epochs=1", "train.max_steps_per_epoch=6", "train.ema_decay=0.5"]
     one, two = tmp_path / "one", tmp_path / "two"
-    mmrec("train", *_tiny(one, cache_dir, *args, "train.batch_size=64"))
+    mmrec_here("train", *_tiny(one, cache_dir, *args, "train.batch_size=64"))
     launch(CPU2, "-m", "mmrec", "train", *_tiny(two, cache_dir, *args, "train.batch_size=32"))
     a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (one, two))
     last = sorted((two / "checkpoints").iterdir())[-1]
