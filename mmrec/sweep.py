@@ -92,16 +92,18 @@ def _die_with_parent(parent: int):
 
 
 def run_cell(config: str | None, overrides: list[str], cell: dict, seed: int, run_dir: Path,
-             launcher: list[str] | None = None, command: list[str] | tuple[str, ...] = ("train",)) -> bool:
+             launcher: list[str] | None = None, command: list[str] | tuple[str, ...] = ("train",),
+             model_seed: int | None = None) -> bool:
     """Run one (cell, seed) as `mmrec <command> --config CONFIG OVERRIDES CELL seed=S split.seed=S
     run_dir=RUN_DIR train.progress=false` unless it already finished. Returns True if it ran now.
+    `model_seed`: another model seed on split S (`seed=M split.seed=S`).
 
     `command`: the subcommand and its own arguments, e.g. ("train",) or ("transfer", "--from", A,
     "--mode", "frozen"). A finished run (metrics.json) is skipped; an interrupted one (config.yaml
     and checkpoints/) continues with `mmrec train --resume RUN_DIR`, whatever started it (a
     transfer run's saved config holds the transfer); one started but killed before its first
     checkpoint is moved aside to <run_dir>.interrupted and started again. The output goes to
-    <cell>/seed-<s>.log (appended; each command is written first); the child dies with this
+    <run_dir>.log, beside it (appended; each command is written first); the child dies with this
     process; a failure raises RuntimeError naming the log."""
     run_dir = Path(run_dir)
     if (run_dir / "metrics.json").exists():
@@ -122,9 +124,10 @@ def run_cell(config: str | None, overrides: list[str], cell: dict, seed: int, ru
         if config:
             cmd += ["--config", str(config)]
         cmd += list(overrides) + [f"{k}={_fmt_value(v)}" for k, v in cell.items()]
-        cmd += [f"seed={seed}", f"split.seed={seed}", f"run_dir={run_dir}", "train.progress=false"]
+        cmd += [f"seed={seed if model_seed is None else model_seed}", f"split.seed={seed}",
+                f"run_dir={run_dir}", "train.progress=false"]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    log = run_dir.parent / f"seed-{seed}.log"
+    log = run_dir.parent / f"{run_dir.name}.log"
     with open(log, "a") as logf:
         logf.write(f"$ {' '.join(cmd)}\n")
         logf.flush()

@@ -2,7 +2,11 @@
 paper's end-to-end method, each piece of issue 16 added alone, and the default config.
 
 Every row of a seed is trained on the same cold-item split (model seed = split seed = s; the
-script stops if two runs of a seed saved different splits). Rows:
+script stops if two runs of a seed saved different splits). `--model-seeds M ...` also trains
+each chosen row with model seeds M on every split (OUT/<cell>/seed-<s>-model-<m>/); a split's
+value is then the mean over its model seeds, and the table says how far they spread. One model
+seed per split measures the split and the model seed's luck together: on these 126-item parts,
+a row's model seeds differ by several points on one split. Rows:
 
   random, kNN        the baselines in the default run's metrics.json (same split): random scores,
                      and cosine kNN of frozen mean-pooled MiniLM text to the user's training items
@@ -71,9 +75,55 @@ BASELINES = [("random", "Random"), ("knn_frozen_text", "Frozen MiniLM text, kNN 
 METRICS = {"ndcg@10": "NDCG@10", "recall@10": "Recall@10"}
 
 
-def collect(out: Path, seeds: list[int], cells: list[str]) -> dict[str, dict[int, dict]]:
-    """row -> seed -> cold-test metrics, for the finished runs; the baselines are the default run's."""
-    return runner.collect(out, cells, seeds, "test", baselines_from="default" if "default" in cells else None)
+def collect(out: Path, seeds: list[int], cells: list[str], model_seeds=()) -> dict[str, dict]:
+    """row -> run key -> cold-test metrics, for the finished runs; the baselines are the default
+    run's. A run key is the split seed s (model seed s) or 's/m' (model seed m on split s)."""
+    found = runner.collect(out, cells, seeds, "test", baselines_from="default" if "default" in cells else None)
+    for row in cells:
+        for s in seeds:
+            for m in model_seeds:
+                f = out / row / run_name(s, m) / "metrics.json"
+                part = json.loads(f.read_text()).get("test") if f.exists() else None
+                if part is not None and m != s:
+                    found.setdefault(row, {})[run_key(s, m)] = part
+    return found
+
+
+def run_name(s: int, m: int) -> str:
+    return f"seed-{s}" if m == s else f"seed-{s}-model-{m}"
+
+
+def run_key(s: int, m: int):
+    return s if m == s else f"{s}/{m}"
+
+
+def by_split(found: dict[str, dict], seeds: list[int], model_seeds=()) -> tuple[dict, dict]:
+    """(row -> split seed -> the mean of each metric over the split's finished model seeds,
+    row -> split seed -> [NDCG@10 of each of them]). Without model seeds, `found` as it is."""
+    if not model_seeds:
+        return found, {}
+    means, each = {}, {}
+    for row, runs in found.items():
+        for s in seeds:
+            got = [runs[k] for k in dict.fromkeys(run_key(s, m) for m in [s, *model_seeds]) if k in runs]
+            if got:
+                keys = [k for k in got[0] if all(isinstance(g.get(k), (int, float)) for g in got)]
+                means.setdefault(row, {})[s] = {k: float(np.mean([g[k] for g in got])) for k in keys}
+                each.setdefault(row, {})[s] = [float(g["ndcg@10"]) for g in got if "ndcg@10" in g]
+    return means, each
+
+
+def spread_notes(each: dict) -> list[str]:
+    """'row: n runs on k splits; within a split, model seeds spread by ± x NDCG@10 points (the
+    mean over splits of their sample std)' per row that had model seeds."""
+    notes = []
+    for row, per_split in each.items():
+        stds = [np.std(v, ddof=1) * 100 for v in per_split.values() if len(v) > 1]
+        if stds:
+            runs = sum(len(v) for v in per_split.values())
+            notes.append(f"{row}: {runs} runs on {len(per_split)} splits; within a split its model seeds "
+                         f"spread by ± {np.mean(stds):.2f} NDCG@10 points (mean over splits of the sample std)")
+    return notes
 
 
 _NOT_THE_RUN = ("run_dir", "name", "seed", "split.seed", "train.progress")
@@ -113,9 +163,9 @@ def config_changes(record: dict, configs: dict[str, dict]) -> list[str]:
     return out
 
 
-def carry(found: dict, record: dict, prints: dict[str, str], seeds: list[int]) -> list[str]:
-    """Fill the rows and seeds missing from `found` from `record` where the row's fingerprint is
-    unchanged; then store every found value in `record`. Returns 'row (seeds ...)' per carried row."""
+def carry(found: dict, record: dict, prints: dict[str, str], seeds: list) -> list[str]:
+    """Fill the rows and seeds (run keys: s, or 's/m' for model seed m on split s) missing from
+    `found` from `record` where the row's fingerprint is unchanged; then store every found value in `record`. Returns 'row (seeds ...)' per carried row."""
     carried = []
     for row, fp in prints.items():
         old = record.get(row)
@@ -137,7 +187,8 @@ def rows(found: dict, seeds: list[int], labels: dict[str, str]) -> list[dict]:
     return runner.summarise(found, labels, seeds, METRICS)
 
 
-def markdown(table: list[dict], seeds: list[int], command: str | None = None) -> str:
+def markdown(table: list[dict], seeds: list[int], command: str | None = None, model_seeds=(),
+             spread: list[str] = ()) -> str:
     lines = runner.markdown_table(table, seeds, METRICS, "Item representation", per_seed=["ndcg@10"])
     by = {r["row"]: r for r in table}
     notes = []
@@ -158,9 +209,11 @@ def markdown(table: list[dict], seeds: list[int], command: str | None = None) ->
         p = by.get(piece, {}).get("ndcg@10_mean")
         if p is not None and t is not None:
             notes.append(f"{piece}: {p - t:+.2f} NDCG@10 points over tower")
+    how = (f" (split seed s; each split's value is the mean over model seeds s, {', '.join(map(str, model_seeds))})"
+           if model_seeds else " (seed = model seed = split seed)")
     return (lines + "\n\nCold-item test metrics in %, mean ± std over seeds " + str(seeds)
-            + " (seed = model seed = split seed); REAL MovieLens-100k ratings and text.\n\n"
-            + "".join(f"- {n}\n" for n in notes) + (f"\nRegenerate: `{command}`\n" if command else ""))
+            + how + "; REAL MovieLens-100k ratings and text.\n\n"
+            + "".join(f"- {n}\n" for n in [*notes, *spread]) + (f"\nRegenerate: `{command}`\n" if command else ""))
 
 
 def main(argv=None) -> str:
@@ -168,6 +221,8 @@ def main(argv=None) -> str:
     ap.add_argument("--out", default="runs/compare-ml100k")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--cells", default=",".join(c[0] for c in CELLS), help="comma-separated subset of the rows")
+    ap.add_argument("--model-seeds", type=int, nargs="*", default=[],
+                    help="more model seeds per split for every chosen row (a split's value: their mean)")
     ap.add_argument("--results", default="docs/results/ml100k_cold_items",
                     help="the table's path without extension (.md and .csv are written)")
     ap.add_argument("--collect-only", action="store_true",
@@ -180,18 +235,21 @@ def main(argv=None) -> str:
     for s in ([] if args.collect_only else args.seeds):
         dirs = []
         for name, _, config, overrides in chosen:
-            run_dir = out / name / f"seed-{s}"
-            ran = run_cell(config, overrides + list(args.overrides), {}, s, run_dir)
-            print(f"{name} seed {s}: {'done' if ran else 'already finished'} ({run_dir})", flush=True)
-            dirs.append(run_dir)
+            for m in dict.fromkeys([s, *args.model_seeds]):
+                run_dir = out / name / run_name(s, m)
+                ran = run_cell(config, overrides + list(args.overrides), {}, s, run_dir, model_seed=m)
+                print(f"{name} seed {s} model seed {m}: {'done' if ran else 'already finished'} ({run_dir})",
+                      flush=True)
+                dirs.append(run_dir)
         same_split(dirs)
     if args.collect_only:   # the rows of a seed must still share its split
         for s in args.seeds:
-            done = [out / c[0] / f"seed-{s}" for c in chosen if (out / c[0] / f"seed-{s}" / "metrics.json").exists()]
+            done = [out / c[0] / run_name(s, m) for c in chosen for m in dict.fromkeys([s, *args.model_seeds])
+                    if (out / c[0] / run_name(s, m) / "metrics.json").exists()]
             if len(done) > 1:
                 same_split(done)
     labels = {**dict(BASELINES), **{c[0]: c[1] for c in chosen}}
-    found = collect(out, args.seeds, [c[0] for c in chosen])
+    found = collect(out, args.seeds, [c[0] for c in chosen], args.model_seeds)
     configs = {name: run_config(config, overrides + list(args.overrides)) for name, _, config, overrides in chosen}
     base_config = run_config(DEFAULT_CFG, list(args.overrides), keep=_BASELINE_KEYS)   # the split's
     configs.update({b: base_config for b, _ in BASELINES})
@@ -201,21 +259,23 @@ def main(argv=None) -> str:
         record_path = runner.RESULTS_DIR / record_path
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     changed = config_changes(record, configs)
-    carried = carry(found, record, prints, args.seeds)
+    keys = list(dict.fromkeys(run_key(s, m) for s in args.seeds for m in [s, *args.model_seeds]))
+    carried = carry(found, record, prints, keys)
     for row in found:   # the config itself, so a later mismatch can name what changed
         record[row]["config"] = configs[row]
     write_text_atomic(record_path, json.dumps(record, indent=1, sort_keys=True) + "\n")
-    table = rows(found, args.seeds, labels)
+    per_split, each = by_split(found, args.seeds, args.model_seeds)
+    table = rows(per_split, args.seeds, labels)
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--collect-only"]
     command = shlex.join(["python", "scripts/compare_heads.py", *given])
-    text = markdown(table, args.seeds)
+    text = markdown(table, args.seeds, model_seeds=args.model_seeds, spread=spread_notes(each))
     if carried:
         text += (f"\nCarried from {record_path.name} (runs of an unchanged config, not in {out}): "
                  + "; ".join(carried) + ".\n")
     if changed:
         text += "\nNot carried from the record (the config changed since): " + "; ".join(changed) + ".\n"
     if args.collect_only:
-        missing = [c[0] for c in chosen if any(s not in found.get(c[0], {}) for s in args.seeds)]
+        missing = [c[0] for c in chosen if any(k not in found.get(c[0], {}) for k in keys)]
         text += (f"\nCollected from the finished runs (`--collect-only`); not finished yet: "
                  f"{', '.join(missing) or 'none'} (the command resumes them).\n")
     md, _ = runner.write_results(args.results, "# MovieLens-100k cold items\n\n" + text,

@@ -191,6 +191,39 @@ def test_compare_heads_table_means_ratios_and_wins(tmp_path):
     assert "| 33.00 | 18.00 |" in text                                 # the default's seeds
 
 
+def test_compare_heads_model_seeds_average_within_a_split_then_over_splits(tmp_path):
+    """--model-seeds: a split's value is the mean over its model seeds (the split's own seed
+    included), the table's mean ± std is over those split values, the ratio to CLCRec and the
+    wins are per split, and the notes give each row's spread within a split."""
+    ch = _script("compare_heads")
+    # (split, model seed) -> NDCG@10
+    values = {"default": {(0, 0): 0.30, (0, 7): 0.20, (1, 1): 0.10, (1, 7): 0.14},
+              "clcrec": {(0, 0): 0.24, (0, 7): 0.24, (1, 1): 0.13, (1, 7): 0.15}}
+    for name, runs in values.items():
+        for (s, m), v in runs.items():
+            d = tmp_path / name / ch.run_name(s, m)
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps({"test": {"ndcg@10": v, "recall@10": 2 * v}}))
+    assert ch.run_name(0, 0) == "seed-0" and ch.run_name(0, 7) == "seed-0-model-7"
+    found = ch.collect(tmp_path, [0, 1], ["default", "clcrec"], [7])
+    assert set(found["default"]) == {0, 1, "0/7", "1/7"}
+    per_split, each = ch.by_split(found, [0, 1], [7])
+    assert per_split["default"][0]["ndcg@10"] == pytest.approx(0.25)
+    assert per_split["default"][1]["recall@10"] == pytest.approx(0.24)
+    assert each["clcrec"][1] == pytest.approx([0.13, 0.15])
+    table = ch.rows(per_split, [0, 1], {"default": "d", "clcrec": "c"})
+    by = {r["row"]: r for r in table}
+    assert by["default"]["ndcg@10_mean"] == pytest.approx(18.5)              # (25 + 12) / 2
+    assert by["default"]["ndcg@10_std"] == pytest.approx(np.std([25.0, 12.0], ddof=1))
+    text = ch.markdown(table, [0, 1], model_seeds=[7], spread=ch.spread_notes(each))
+    # 18.5 / 19.0; the default wins split 0 (25 > 24), loses split 1 (12 < 14)
+    assert "default / CLCRec NDCG@10: 0.97x on the mean of the 2 split(s) both ran on; the default is ahead on 1" in text
+    assert "mean over model seeds s, 7" in text
+    spread = np.mean([np.std([30.0, 20.0], ddof=1), np.std([10.0, 14.0], ddof=1)])
+    assert f"default: 4 runs on 2 splits; within a split its model seeds spread by ± {spread:.2f}" in text
+    assert ch.by_split(found, [0, 1]) == (found, {})                        # no model seeds: as found
+
+
 def test_demo_summary_three_lines_per_run_against_baselines(tmp_path, monkeypatch):
     ds = _script("demo_summary")
     runs = tmp_path / "runs"
@@ -349,6 +382,11 @@ def test_run_cell_runs_any_subcommand_and_skips_resumes_or_restarts(tmp_path, mo
     assert (other / "metrics.json").exists() and not (other.parent / "seed-4-2").exists()
     assert (other.parent / "seed-4.interrupted" / "config.yaml").exists()
     assert sorted(p.name for p in other.parent.iterdir()) == ["seed-4", "seed-4.interrupted", "seed-4.log"]
+    # another model seed on the same split: seed=M split.seed=S, its own log beside its folder
+    mrun = tmp_path / "out" / "another" / "seed-4-model-100"
+    assert run_cell(None, [], {}, 4, mrun, launcher, model_seed=100)
+    assert calls(tmp_path)[-1][-4:] == ["seed=100", "split.seed=4", f"run_dir={mrun}", "train.progress=false"]
+    assert (mrun.parent / "seed-4-model-100.log").exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
