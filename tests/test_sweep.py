@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from mmrec.sweep import grid_cells, sweep
 
@@ -550,3 +551,19 @@ def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
     assert ch.config_changes({"tower": {"config": old}, "default": {}}, {"tower": now, "default": now}) == [
         "tower (new: train.init_from; gone: gone.key; changed: train.lr)"]
     assert ch.config_changes({"tower": {"config": now}}, {"tower": now}) == []
+
+
+def test_score_ensemble_scores_the_mean_of_the_runs_scores(trained_run):
+    """The concatenated vectors over sqrt(M) score each pair by the mean of the runs' scores;
+    an ensemble of a run with itself ranks as the run does (its metrics.json)."""
+    se = _script("score_ensemble")
+    g = torch.Generator().manual_seed(0)
+    us = [torch.randn(5, 4, generator=g), torch.randn(5, 3, generator=g)]
+    vs = [torch.randn(6, 4, generator=g), torch.randn(6, 3, generator=g)]
+    torch.testing.assert_close(se.concatenated(us) @ se.concatenated(vs).T,
+                               (us[0] @ vs[0].T + us[1] @ vs[1].T) / 2)
+    run_dir, metrics = trained_run
+    (out,) = se.main([str(run_dir), str(run_dir), "--parts", "test"])
+    assert out["single_ndcg@10"] == [pytest.approx(metrics["test"]["ndcg@10"], abs=1e-9)] * 2
+    for k in ("ndcg@10", "recall@10", "precision@5"):
+        assert out["ensemble"][k] == pytest.approx(metrics["test"][k], abs=1e-6), k
