@@ -97,6 +97,11 @@ def run_key(s: int, m: int):
     return s if m == s else f"{s}/{m}"
 
 
+def models_of(s: int, model_seeds) -> list[int]:
+    """The model seeds a row runs on split s: s itself, then the extra ones."""
+    return list(dict.fromkeys([s, *model_seeds]))
+
+
 def by_split(found: dict[str, dict], seeds: list[int], model_seeds=()) -> tuple[dict, dict]:
     """(row -> split seed -> the mean of each metric over the split's finished model seeds,
     row -> split seed -> [NDCG@10 of each of them]). Without model seeds, `found` as it is."""
@@ -105,7 +110,7 @@ def by_split(found: dict[str, dict], seeds: list[int], model_seeds=()) -> tuple[
     means, each = {}, {}
     for row, runs in found.items():
         for s in seeds:
-            got = [runs[k] for k in dict.fromkeys(run_key(s, m) for m in [s, *model_seeds]) if k in runs]
+            got = [runs[run_key(s, m)] for m in models_of(s, model_seeds) if run_key(s, m) in runs]
             if got:
                 keys = [k for k in got[0] if all(isinstance(g.get(k), (int, float)) for g in got)]
                 means.setdefault(row, {})[s] = {k: float(np.mean([g[k] for g in got])) for k in keys}
@@ -165,7 +170,8 @@ def config_changes(record: dict, configs: dict[str, dict]) -> list[str]:
 
 def carry(found: dict, record: dict, prints: dict[str, str], seeds: list) -> list[str]:
     """Fill the rows and seeds (run keys: s, or 's/m' for model seed m on split s) missing from
-    `found` from `record` where the row's fingerprint is unchanged; then store every found value in `record`. Returns 'row (seeds ...)' per carried row."""
+    `found` from `record` where the row's fingerprint is unchanged; then store every found value
+    in `record`. Returns 'row (seeds ...)' per carried row."""
     carried = []
     for row, fp in prints.items():
         old = record.get(row)
@@ -235,7 +241,7 @@ def main(argv=None) -> str:
     for s in ([] if args.collect_only else args.seeds):
         dirs = []
         for name, _, config, overrides in chosen:
-            for m in dict.fromkeys([s, *args.model_seeds]):
+            for m in models_of(s, args.model_seeds):
                 run_dir = out / name / run_name(s, m)
                 ran = run_cell(config, overrides + list(args.overrides), {}, s, run_dir, model_seed=m)
                 print(f"{name} seed {s} model seed {m}: {'done' if ran else 'already finished'} ({run_dir})",
@@ -244,7 +250,7 @@ def main(argv=None) -> str:
         same_split(dirs)
     if args.collect_only:   # the rows of a seed must still share its split
         for s in args.seeds:
-            done = [out / c[0] / run_name(s, m) for c in chosen for m in dict.fromkeys([s, *args.model_seeds])
+            done = [out / c[0] / run_name(s, m) for c in chosen for m in models_of(s, args.model_seeds)
                     if (out / c[0] / run_name(s, m) / "metrics.json").exists()]
             if len(done) > 1:
                 same_split(done)
@@ -259,7 +265,7 @@ def main(argv=None) -> str:
         record_path = runner.RESULTS_DIR / record_path
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     changed = config_changes(record, configs)
-    keys = list(dict.fromkeys(run_key(s, m) for s in args.seeds for m in [s, *args.model_seeds]))
+    keys = [run_key(s, m) for s in args.seeds for m in models_of(s, args.model_seeds)]
     carried = carry(found, record, prints, keys)
     for row in found:   # the config itself, so a later mismatch can name what changed
         record[row]["config"] = configs[row]
