@@ -101,6 +101,9 @@ def _check_general(cfg: dict) -> None:
     if k is None or k < 1 or bs % k:
         raise ConfigError(f"train.pairs_per_item={train.get('pairs_per_item')!r} must be >= 1 and divide "
                           f"train.batch_size={bs}")
+    pat = _int(train.get("patience", 0))
+    if pat is None or pat < 0:
+        raise ConfigError(f"train.patience={train.get('patience')!r} must be an integer >= 0 (0: off)")
     ibs = _int(ev.get("item_batch_size"))
     if ibs is None or ibs < 1:
         raise ConfigError(f"eval.item_batch_size={ev.get('item_batch_size')!r} must be a positive integer")

@@ -264,7 +264,7 @@ class Trainer:
         self.train_seconds, self.train_steps = 0.0, 0
         if self.init_from is not None and st["best"] is None and st["step"] == 0:
             self._score_start(select)
-        while st["epoch"] < epochs:
+        while st["epoch"] < epochs and not self._out_of_patience():
             epoch = st["epoch"]
             self.sampler.set_epoch(epoch)
             acc.unwrap_model(self.model).set_epoch(epoch)   # e.g. cmclrec's two stages
@@ -340,6 +340,20 @@ class Trainer:
             self.checkpoint()
         return self.finish()
 
+    def _out_of_patience(self) -> bool:
+        """`train.patience` N: the last N evaluations found no better validation. Read from the
+        history and the best epoch, which checkpoints hold, so a resumed run stops where the
+        uninterrupted one did."""
+        n, st = int(self.cfg["train"].get("patience") or 0), self.state
+        if n <= 0 or st["best_epoch"] is None:
+            return False
+        since = sum(1 for r in st["history"] if "val" in r and r["epoch"] > st["best_epoch"])
+        if since >= n and not st.get("stopped_early"):
+            st["stopped_early"] = st["epoch"]
+            log.info("stopping after epoch %d: no better validation in %d evaluations (train.patience)",
+                     st["epoch"], n)
+        return since >= n
+
     def _score_start(self, select: str) -> None:
         """`init_from`: the loaded weights as epoch 0, so a second stage that does not improve on
         validation keeps them (best_epoch 0)."""
@@ -384,6 +398,8 @@ class Trainer:
             metrics["transfer"] = self.transfer
         if self.init_from:
             metrics["init_from"] = self.init_from
+        if st.get("stopped_early"):
+            metrics["stopped_early"] = st["stopped_early"]   # the last epoch trained (train.patience)
         if acc.is_main_process:
             write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=1))
             log.info("best epoch %s; test %s", st["best_epoch"], _fmt(st["test"] or {}))
