@@ -1,5 +1,6 @@
 """train.patience: a run stops once N evaluations in a row found no better validation, at the
-epoch its own uninterrupted history says, and a resumed run stops where the uninterrupted one did."""
+epoch its own uninterrupted history says, and a resumed run stops where the uninterrupted one did
+(also when the patience is added on resuming: `mmrec train --resume RUN train.patience=N`)."""
 from __future__ import annotations
 
 import pytest
@@ -42,6 +43,14 @@ def test_patience_stops_where_the_full_run_says_and_resumes_to_the_same_stop(tin
     assert again["stopped_early"] == stop and again["best_epoch"] == pat["best_epoch"]
     assert [h["val"] for h in again["history"]] == [h["val"] for h in pat["history"]]
     assert again["test"] == pat["test"]
+
+    # the run without patience, resumed from the same epoch with `train.patience=1` added: the
+    # patience run exactly, and its config.yaml now says what it ran with
+    interrupted_copy(tmp_path / "full", tmp_path / "extended", steps)
+    _, ext = train(load_run_config(tmp_path / "extended", ["train.patience=1"]), tmp_path / "extended")
+    assert ext["stopped_early"] == stop and [h["val"] for h in ext["history"]] == [h["val"] for h in pat["history"]]
+    assert load_run_config(tmp_path / "extended")["train"]["patience"] == 1
+    assert load_run_config(tmp_path / "resumed")["train"]["patience"] == 1
 
 
 def test_patience_must_be_a_non_negative_integer():

@@ -128,12 +128,22 @@ class Trainer:
             run_dir = Path(_broadcast(acc, str(resolve_run_dir(cfg)) if acc.is_main_process else None))
         self.run_dir = run_dir
         self.cfg = cfg
+        changed = []
         if acc.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
-            if not self.resume:
+            if self.resume:
+                # `--resume RUN key=value`: the run is now a run of the changed config (e.g. more
+                # epochs), so its config.yaml says so and the log names what changed
+                saved = flatten(load_config(run_dir / "config.yaml"))
+                now = flatten(cfg)
+                changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+            if not self.resume or changed:
                 dump_config(cfg, run_dir / "config.yaml")
         acc.wait_for_everyone()
         setup_logging(run_dir, acc.is_main_process)
+        if changed:
+            log.info("resumed with a changed config (config.yaml rewritten): %s",
+                     ", ".join(f"{k}={flatten(cfg).get(k)!r}" for k in changed))
         # The run directory is only known now (decided on the main process), so TensorBoard is
         # attached here rather than in the Accelerator's constructor.
         from accelerate.tracking import filter_trackers
