@@ -552,6 +552,23 @@ def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
         "tower (new: train.init_from; gone: gone.key; changed: train.lr)"]
     assert ch.config_changes({"tower": {"config": now}}, {"tower": now}) == []
 
+    # a key added to base.yaml since the record, at its default, still describes the old runs;
+    # the same key set otherwise, or a recorded key changed, does not
+    defaults = ch.base_defaults()
+    assert defaults["train.patience"] == 0 and now["train.patience"] == 0
+    before = {k: v for k, v in now.items() if k != "train.patience"}
+    assert ch.same_run_config(before, now, defaults)
+    assert not ch.same_run_config(before, {**now, "train.patience": 10}, defaults)
+    assert not ch.same_run_config({**before, "train.lr": 0.5}, now, defaults)
+    assert not ch.same_run_config({**before, "gone.key": 1}, now, defaults)
+    record = {"tower": {"fingerprint": "before train.patience", "config": before, "seeds": {"1": {"ndcg@10": 0.1}}}}
+    found = {"tower": {0: {"ndcg@10": 0.25}}}
+    assert ch.carry(found, record, {"tower": tower}, [0, 1], {"tower": now}, defaults) == ["tower (seed 1)"]
+    assert ch.config_changes({"tower": {"config": before}}, {"tower": now}, defaults) == []
+    found = {"tower": {0: {"ndcg@10": 0.25}}}
+    record = {"tower": {"fingerprint": "x", "config": before, "seeds": {"1": {"ndcg@10": 0.1}}}}
+    assert ch.carry(found, record, {"tower": "y"}, [0, 1], {"tower": {**now, "train.patience": 3}}, defaults) == []
+
 
 def test_score_ensemble_scores_the_mean_of_the_runs_scores(trained_run):
     """The concatenated vectors over sqrt(M) score each pair by the mean of the runs' scores;
