@@ -128,14 +128,13 @@ class Trainer:
             run_dir = Path(_broadcast(acc, str(resolve_run_dir(cfg)) if acc.is_main_process else None))
         self.run_dir = run_dir
         self.cfg = cfg
-        changed = []
+        changed, now = [], flatten(cfg)
         if acc.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             if self.resume:
                 # `--resume RUN key=value`: the run is now a run of the changed config (e.g. more
                 # epochs), so its config.yaml says so and the log names what changed
                 saved = flatten(load_config(run_dir / "config.yaml"))
-                now = flatten(cfg)
                 changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
             if not self.resume or changed:
                 dump_config(cfg, run_dir / "config.yaml")
@@ -143,7 +142,7 @@ class Trainer:
         setup_logging(run_dir, acc.is_main_process)
         if changed:
             log.info("resumed with a changed config (config.yaml rewritten): %s",
-                     ", ".join(f"{k}={flatten(cfg).get(k)!r}" for k in changed))
+                     ", ".join(f"{k}={now.get(k)!r}" for k in changed))
         # The run directory is only known now (decided on the main process), so TensorBoard is
         # attached here rather than in the Accelerator's constructor.
         from accelerate.tracking import filter_trackers
@@ -357,12 +356,7 @@ class Trainer:
         n, st = int(self.cfg["train"].get("patience") or 0), self.state
         if n <= 0 or st["best_epoch"] is None:
             return False
-        since = sum(1 for r in st["history"] if "val" in r and r["epoch"] > st["best_epoch"])
-        if since >= n and not st.get("stopped_early"):
-            st["stopped_early"] = st["epoch"]
-            log.info("stopping after epoch %d: no better validation in %d evaluations (train.patience)",
-                     st["epoch"], n)
-        return since >= n
+        return sum(1 for r in st["history"] if "val" in r and r["epoch"] > st["best_epoch"]) >= n
 
     def _score_start(self, select: str) -> None:
         """`init_from`: the loaded weights as epoch 0, so a second stage that does not improve on
@@ -408,8 +402,10 @@ class Trainer:
             metrics["transfer"] = self.transfer
         if self.init_from:
             metrics["init_from"] = self.init_from
-        if st.get("stopped_early"):
-            metrics["stopped_early"] = st["stopped_early"]   # the last epoch trained (train.patience)
+        if st["epoch"] < int(self.cfg["train"]["epochs"]) and self._out_of_patience():
+            metrics["stopped_early"] = st["epoch"]   # the last epoch trained (train.patience)
+            log.info("stopped after epoch %d: no better validation in %s evaluations (train.patience)",
+                     st["epoch"], self.cfg["train"]["patience"])
         if acc.is_main_process:
             write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=1))
             log.info("best epoch %s; test %s", st["best_epoch"], _fmt(st["test"] or {}))
