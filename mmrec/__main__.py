@@ -1,4 +1,4 @@
-from mmrec.cli import main
+from mmrec.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

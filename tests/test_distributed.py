@@ -1,6 +1,6 @@
 """Several processes on the CPU (gloo): N processes x batch B equal 1 process x N*B, and
 DeepSpeed ZeRO-2/3 train, resume and match one process with the global batch (the rest: test_distributed_runs.py).
-Multi-process runs are launched with `accelerate launch` exactly as users launch them."""
+Multi-process runs are launched as users launch them (`accelerate-launch`: tests/launching.py)."""
 import json
 import shutil
 import sys
