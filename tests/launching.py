@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 # accelerate's own `accelerate-launch` script: the same `launch_command` as `accelerate launch`,
 # without the `accelerate` CLI's import of every other subcommand (its `estimate` imports timm and
-# transformers: 7-10 s of each launch on 2 cores, about 2 minutes of the suite). The multi-node
+# transformers: 7-10 s of each launch on 2 cores; docs/distributed.md). The multi-node
 # test keeps the `accelerate launch` spelling users type.
 ACCELERATE_LAUNCH = str(Path(sys.executable).parent / "accelerate-launch")
 CPU2 = str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml")
