@@ -561,6 +561,12 @@ def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
     assert not ch.same_run_config(before, {**now, "train.patience": 10}, defaults)
     assert not ch.same_run_config({**before, "train.lr": 0.5}, now, defaults)
     assert not ch.same_run_config({**before, "gone.key": 1}, now, defaults)
+    # a key added since to an entry's defaults file (configs/defaults/encoders/bert.yaml) counts
+    # at that file's value, which base.yaml does not hold
+    assert "encoders.text.pool_heads" not in defaults and now["encoders.text.pool_heads"] == 1
+    no_heads = {k: v for k, v in now.items() if k != "encoders.text.pool_heads"}
+    assert ch.same_run_config(no_heads, now, defaults)
+    assert not ch.same_run_config(no_heads, {**now, "encoders.text.pool_heads": 2}, defaults)
     record = {"tower": {"fingerprint": "before train.patience", "config": before, "seeds": {"1": {"ndcg@10": 0.1}}}}
     found = {"tower": {0: {"ndcg@10": 0.25}}}
     assert ch.carry(found, record, {"tower": tower}, [0, 1], {"tower": now}, defaults) == ["tower (seed 1)"]
