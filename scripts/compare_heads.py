@@ -163,28 +163,28 @@ def base_defaults() -> dict:
     return json.loads(json.dumps(flatten(yaml.safe_load(BASE_CONFIG.read_text())), default=str))
 
 
-def entry_defaults_of(now: dict) -> dict:
-    """The defaults of every `fields`/`encoders` entry of a flat config, flat under its key (a key
-    added to configs/defaults/encoders/bert.yaml since a record is at its default there, not in
-    base.yaml)."""
-    out = {}
+def defaults_of(now: dict) -> dict:
+    """What every key of a flat row config defaults to, as JSON holds it: base.yaml, its head's
+    sections (configs/defaults/heads/<head>.yaml) and each `fields`/`encoders` entry's type
+    (configs/defaults/encoders/bert.yaml, ...), none of which base.yaml holds."""
+    flat = flatten(load_config(None, [f"head={now.get('head', 'mmrec')}"]))
     for section, (kind_key, _, _) in ENTRY_SECTIONS.items():
         for key, kind in now.items():
             parts = key.split(".")
             if len(parts) == 3 and parts[0] == section and parts[2] == kind_key:
-                flat = flatten(entry_defaults(section, {kind_key: kind}))
-                out.update({f"{section}.{parts[1]}.{k}": v for k, v in flat.items()})
-    return json.loads(json.dumps(out, default=str))
+                entry = flatten(entry_defaults(section, {kind_key: kind}))
+                flat.update({f"{section}.{parts[1]}.{k}": v for k, v in entry.items()})
+    return json.loads(json.dumps(flat, default=str))
 
 
 def same_run_config(old: dict | None, now: dict, defaults: dict) -> bool:
     """A recorded row config still describes today's runs: every recorded key has today's value,
-    none is gone, and a key added to the configs since is at its default (base.yaml's, or its
-    entry type's: `entry_defaults_of`). New switches ship off (docs/method.md), so a run from
-    before a key existed is a run at its default."""
+    none is gone, and a key added to the configs since is at its default (`defaults`, base.yaml's,
+    completed by `defaults_of`). New switches ship off (docs/method.md), so a run from before a
+    key existed is a run at its default."""
     if old is None or set(old) - set(now) or any(now[k] != v for k, v in old.items()):
         return False
-    defaults = {**defaults, **entry_defaults_of(now)}
+    defaults = {**defaults, **defaults_of(now)}
     return all(k in defaults and now[k] == defaults[k] for k in set(now) - set(old))
 
 

@@ -567,6 +567,11 @@ def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
     no_heads = {k: v for k, v in now.items() if k != "encoders.text.pool_heads"}
     assert ch.same_run_config(no_heads, now, defaults)
     assert not ch.same_run_config(no_heads, {**now, "encoders.text.pool_heads": 2}, defaults)
+    # ... and so does one added to the head's own sections (configs/defaults/heads/mmrec.yaml)
+    assert "distill.cosine" not in defaults and now["distill.cosine"] is False
+    no_cosine = {k: v for k, v in now.items() if k != "distill.cosine"}
+    assert ch.same_run_config(no_cosine, now, defaults)
+    assert not ch.same_run_config(no_cosine, {**now, "distill.cosine": True}, defaults)
     record = {"tower": {"fingerprint": "before train.patience", "config": before, "seeds": {"1": {"ndcg@10": 0.1}}}}
     found = {"tower": {0: {"ndcg@10": 0.25}}}
     assert ch.carry(found, record, {"tower": tower}, [0, 1], {"tower": now}, defaults) == ["tower (seed 1)"]
