@@ -529,9 +529,10 @@ def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
     """A run absent from OUT (a fresh checkout) is taken from the record when its row's config
     fingerprint is unchanged, never when the config changed; found runs update the record."""
     ch = _script("compare_heads")
-    tower = ch.fingerprint(ch.DEFAULT_CFG, ch.PIECES_OFF)
-    assert tower == ch.fingerprint(ch.DEFAULT_CFG, ch.PIECES_OFF + ["seed=7", "run_dir=/x"])
-    assert tower != ch.fingerprint(ch.DEFAULT_CFG, ch.PIECES_OFF + ["train.lr=0.5"])
+    tower_ov = ch.PIECES_OFF + ch.FIRST_BUDGET          # the tower row's overrides
+    tower = ch.fingerprint(ch.DEFAULT_CFG, tower_ov)
+    assert tower == ch.fingerprint(ch.DEFAULT_CFG, tower_ov + ["seed=7", "run_dir=/x"])
+    assert tower != ch.fingerprint(ch.DEFAULT_CFG, tower_ov + ["train.lr=0.5"])
     assert ch.fingerprint(ch.DEFAULT_CFG, [], keep=ch._BASELINE_KEYS) == \
         ch.fingerprint(ch.DEFAULT_CFG, ["train.lr=0.5"], keep=ch._BASELINE_KEYS)   # baselines: the split's
     record = {"tower": {"fingerprint": tower, "seeds": {"0": {"ndcg@10": 0.2}, "1": {"ndcg@10": 0.1}}},
@@ -545,7 +546,7 @@ def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
     assert record["tower"]["seeds"]["0"] == {"ndcg@10": 0.25}
 
     # a record that kept its config names why a row is not carried
-    now = ch.run_config(ch.DEFAULT_CFG, ch.PIECES_OFF)
+    now = ch.run_config(ch.DEFAULT_CFG, tower_ov)
     assert ch.digest(now) == tower
     old = {**{k: v for k, v in now.items() if k != "train.init_from"}, "train.lr": 0.5, "gone.key": 1}
     assert ch.config_changes({"tower": {"config": old}, "default": {}}, {"tower": now, "default": now}) == [
