@@ -35,8 +35,9 @@ csv_table, write_results), shared with the other drivers.
 The record (<results>.runs.json) keeps every collected run's metrics under its row's config
 fingerprint (a hash of the resolved config, seed and paths aside). A later call whose OUT lacks a
 run (a fresh checkout: runs/ is not in git) takes that row and seed from the record when the
-fingerprint is unchanged, and the table says which values were carried; a row whose config
-changed is re-run. So one row can be added or re-run without training all the others again.
+fingerprint is unchanged, and the table says which values were carried; such a run is not
+trained again (`--retrain` trains it), and a row whose config changed is re-run. So one row can be
+added or re-run without training all the others again.
 
     python scripts/compare_heads.py --out runs/compare-ml100k --seeds 0 1 2 3 4
 """
@@ -216,6 +217,18 @@ def config_changes(record: dict, configs: dict[str, dict], defaults: dict | None
     return out
 
 
+def _still_holds(old: dict | None, fp: str, now: dict, defaults: dict) -> bool:
+    """The record's entry `old` for a row describes today's runs of it (fingerprint `fp`, config `now`)."""
+    return old is not None and (old.get("fingerprint") == fp or same_run_config(old.get("config"), now, defaults))
+
+
+def recorded(record: dict, prints: dict[str, str], configs: dict, defaults: dict) -> dict[str, set[str]]:
+    """Per row, the run keys (str: 's' or 's/m') the record holds under today's config: what
+    `carry` would fill in, so what a call need not train again."""
+    return {row: set(record[row]["seeds"]) for row, fp in prints.items()
+            if _still_holds(record.get(row), fp, configs.get(row, {}), defaults)}
+
+
 def carry(found: dict, record: dict, prints: dict[str, str], seeds: list, configs: dict | None = None,
           defaults: dict | None = None) -> list[str]:
     """Fill the rows and seeds (run keys: s, or 's/m' for model seed m on split s) missing from
@@ -225,8 +238,7 @@ def carry(found: dict, record: dict, prints: dict[str, str], seeds: list, config
     carried = []
     for row, fp in prints.items():
         old = record.get(row)
-        same = old is not None and (old.get("fingerprint") == fp or same_run_config(
-            old.get("config"), (configs or {}).get(row, {}), defaults or {}))
+        same = _still_holds(old, fp, (configs or {}).get(row, {}), defaults or {})
         if same:
             took = [s for s in seeds if s not in found.get(row, {}) and str(s) in old["seeds"]]
             for s in took:
@@ -287,16 +299,32 @@ def main(argv=None) -> str:
                     help="the table's path without extension (.md and .csv are written)")
     ap.add_argument("--collect-only", action="store_true",
                     help="train nothing: the table from the runs that finished (a row's `seeds` says how many)")
+    ap.add_argument("--retrain", action="store_true",
+                    help="train a missing run even where the record holds it under today's config")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. a smaller budget)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     chosen = [c for c in CELLS if c[0] in args.cells.split(",")]
     out.mkdir(parents=True, exist_ok=True)
+    configs = {name: run_config(config, overrides + list(args.overrides)) for name, _, config, overrides in chosen}
+    base_config = run_config(DEFAULT_CFG, list(args.overrides), keep=_BASELINE_KEYS)   # the split's
+    configs.update({b: base_config for b, _ in BASELINES})
+    prints = {row: digest(c) for row, c in configs.items()}
+    record_path = Path(str(args.results) + ".runs.json")
+    if record_path.parent == Path("."):
+        record_path = runner.RESULTS_DIR / record_path
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    defaults = base_defaults()
+    held = {} if args.retrain else recorded(record, prints, configs, defaults)
     for s in ([] if args.collect_only else args.seeds):
         dirs = []
         for name, _, config, overrides in chosen:
             for m in models_of(s, args.model_seeds):
                 run_dir = out / name / run_name(s, m)
+                if str(run_key(s, m)) in held.get(name, ()) and not (run_dir / "metrics.json").exists():
+                    print(f"{name} seed {s} model seed {m}: carried from {record_path.name} (--retrain "
+                          "trains it again)", flush=True)
+                    continue
                 ran = run_cell(config, overrides + list(args.overrides), {}, s, run_dir, model_seed=m)
                 print(f"{name} seed {s} model seed {m}: {'done' if ran else 'already finished'} ({run_dir})",
                       flush=True)
@@ -310,15 +338,6 @@ def main(argv=None) -> str:
                 same_split(done)
     labels = {**dict(BASELINES), **{c[0]: c[1] for c in chosen}}
     found = collect(out, args.seeds, [c[0] for c in chosen], args.model_seeds)
-    configs = {name: run_config(config, overrides + list(args.overrides)) for name, _, config, overrides in chosen}
-    base_config = run_config(DEFAULT_CFG, list(args.overrides), keep=_BASELINE_KEYS)   # the split's
-    configs.update({b: base_config for b, _ in BASELINES})
-    prints = {row: digest(c) for row, c in configs.items()}
-    record_path = Path(str(args.results) + ".runs.json")
-    if record_path.parent == Path("."):
-        record_path = runner.RESULTS_DIR / record_path
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    defaults = base_defaults()
     changed = config_changes(record, configs, defaults)
     keys = [run_key(s, m) for s in args.seeds for m in models_of(s, args.model_seeds)]
     carried = carry(found, record, prints, keys, configs, defaults)
@@ -327,7 +346,7 @@ def main(argv=None) -> str:
     write_text_atomic(record_path, json.dumps(record, indent=1, sort_keys=True) + "\n")
     per_split, each = by_split(found, args.seeds, args.model_seeds)
     table = rows(per_split, args.seeds, labels)
-    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--collect-only"]
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--collect-only", "--retrain")]
     command = shlex.join(["python", "scripts/compare_heads.py", *given])
     text = markdown(table, args.seeds, model_seeds=args.model_seeds, spread=spread_notes(each))
     if carried:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -523,6 +524,37 @@ def test_transfer_table_knn_source_is_cosine_knn_over_the_exported_vectors(train
     assert on_a.splitlines()[2:] == [
         f"| A's model (u·v), as trained on A | 1 | {metrics['test']['ndcg@10'] * 100:.2f} |",
         f"| A's item tower, kNN (cosine; no training beyond A's) | 1 | {got['test']['ndcg@10'] * 100:.2f} |"]
+
+
+def test_compare_heads_trains_only_what_the_record_does_not_hold(tmp_path, monkeypatch):
+    """A fresh checkout's call trains only the runs its record lacks under today's config (a
+    row whose config changed trains again); --retrain trains every missing run."""
+    ch = _script("compare_heads")
+    trained = []
+
+    def fake_run_cell(config, overrides, cell, s, run_dir, model_seed=None):
+        if (run_dir / "metrics.json").exists():         # as mmrec.sweep.run_cell: a finished run stays
+            return False
+        trained.append(f"{run_dir.parent.name}/{run_dir.name}")
+        run_dir.mkdir(parents=True)
+        np.savez(run_dir / "split.npz", train_items=np.arange(5), test_items=np.arange(2))
+        (run_dir / "metrics.json").write_text(json.dumps({"test": {"ndcg@10": 0.3, "recall@10": 0.4}}))
+        return True
+
+    monkeypatch.setattr(ch, "run_cell", fake_run_cell)
+    results = tmp_path / "t"
+    clcrec = next(c for c in ch.CELLS if c[0] == "clcrec")
+    record = {"clcrec": {"fingerprint": ch.fingerprint(clcrec[2], clcrec[3]),
+                         "seeds": {"0": {"ndcg@10": 0.2, "recall@10": 0.25}}},
+              "default": {"fingerprint": "an older default", "seeds": {"0": {"ndcg@10": 0.9, "recall@10": 0.9}}}}
+    Path(str(results) + ".runs.json").write_text(json.dumps(record))
+    argv = ["--out", str(tmp_path / "out"), "--seeds", "0", "--cells", "clcrec,default", "--results", str(results)]
+    text = ch.main(argv)
+    assert trained == ["default/seed-0"]                  # clcrec's run is the record's, unchanged
+    assert "η 0.1) | 1 | 20.00 | 25.00 |" in text and "Carried from t.runs.json" in text
+    assert "(configs/ml100k.yaml) | 1 | 30.00 | 40.00 |" in text   # trained now, not the stale 90
+    ch.main(argv + ["--retrain"])
+    assert trained == ["default/seed-0", "clcrec/seed-0"]  # the default's run exists now: skipped
 
 
 def test_compare_heads_carries_a_missing_run_only_under_an_unchanged_config():
